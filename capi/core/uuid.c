@@ -1,0 +1,78 @@
+#include "core/uuid.h"
+
+#include <string.h>
+#include <uuid/uuid.h>
+
+#include "core/clock.h"
+
+/*
+ * Layout (RFC 9562 version 7): 48-bit Unix milliseconds, version nibble,
+ * 12-bit counter, variant bits, 62 random bits.  Asking the kernel for fresh
+ * random bytes on every UUID costs a system call each, so each thread draws
+ * its 62 random bits from libuuid once per millisecond and counts UUIDs made
+ * within that millisecond in the 12-bit field; when the counter runs out it
+ * draws new random bits.  UUIDs from one thread are thus unique, and two
+ * threads collide only if their 62 random bits do.
+ */
+static _Thread_local struct {
+    uint64_t ms;
+    uint32_t counter;
+    uint8_t tail[8];
+    int seeded;
+} gen;
+
+static void reseed(void)
+{
+    uuid_t r;
+    uuid_generate_random(r);
+    memcpy(gen.tail, r + 8, 8);
+    gen.counter = (uint32_t)(r[6] & 0x03) << 8 | r[7]; /* random start, room to count */
+    gen.seeded = 1;
+}
+
+void tk_uuid_new(uint8_t out[16], char text[TASKER_UUID_BUFSIZE])
+{
+    uint64_t ms = (uint64_t)(tk_now_ns() / 1000000);
+    if (!gen.seeded || ms != gen.ms) {
+        gen.ms = ms;
+        reseed();
+    } else if (++gen.counter > 0x0fff) {
+        reseed();
+    }
+    out[0] = (uint8_t)(ms >> 40);
+    out[1] = (uint8_t)(ms >> 32);
+    out[2] = (uint8_t)(ms >> 24);
+    out[3] = (uint8_t)(ms >> 16);
+    out[4] = (uint8_t)(ms >> 8);
+    out[5] = (uint8_t)ms;
+    out[6] = (uint8_t)(0x70 | ((gen.counter >> 8) & 0x0f));
+    out[7] = (uint8_t)gen.counter;
+    memcpy(out + 8, gen.tail, 8);
+    out[8] = (uint8_t)(0x80 | (out[8] & 0x3f));
+    if (text)
+        uuid_unparse_lower(out, text);
+}
+
+int tk_uuid_parse(uint8_t out[16], const char *text)
+{
+    if (!text || strlen(text) != TASKER_UUID_STRLEN)
+        return -1;
+    return uuid_parse(text, out) == 0 ? 0 : -1;
+}
+
+static _Thread_local uint64_t rng_state;
+
+uint64_t tk_random_u64(void)
+{
+    if (rng_state == 0) {
+        uuid_t r;
+        uuid_generate_random(r);
+        memcpy(&rng_state, r, sizeof rng_state);
+        rng_state |= 1;
+    }
+    /* xorshift64*: statistically fine for jitter; not for secrets. */
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return rng_state * 0x2545F4914F6CDD1DULL;
+}

@@ -1,0 +1,290 @@
+/* Step handles: what a handler reads, and how it completes an attempt. */
+#include <stdio.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/error.h"
+#include "run/engine.h"
+
+void tk_closed_release(tasker_coordinator *c, struct tasker_step *cl);
+
+/* The coordinator a step belongs to is reached through its registration;
+ * steps do not store it to stay small, so the task keeps it. */
+static tasker_coordinator *coord_of(const struct tasker_step *cl);
+
+static const tk_tstep *tstep(const tasker_step *cl)
+{
+    const tk_step *s = cl->step;
+    return &s->task->reg->tmpl->steps[s->idx];
+}
+
+const char *tasker_step_name(const tasker_step *step)
+{
+    return step ? tstep(step)->name : NULL;
+}
+
+const char *tasker_step_handler_name(const tasker_step *step)
+{
+    return step ? tstep(step)->handler : NULL;
+}
+
+const char *tasker_step_uuid(const tasker_step *step)
+{
+    return step ? step->step->uuid : NULL;
+}
+
+const char *tasker_step_task_uuid(const tasker_step *step)
+{
+    return step ? step->step->task->uuid : NULL;
+}
+
+const char *tasker_step_namespace(const tasker_step *step)
+{
+    return step ? step->step->task->reg->tmpl->ns : NULL;
+}
+
+const char *tasker_step_template_name(const tasker_step *step)
+{
+    return step ? step->step->task->reg->tmpl->name : NULL;
+}
+
+uint32_t tasker_step_attempt(const tasker_step *step)
+{
+    return step ? step->attempt : 0;
+}
+
+uint32_t tasker_step_max_attempts(const tasker_step *step)
+{
+    return step ? step->step->budget : 0;
+}
+
+const char *tasker_step_context(const tasker_step *step, size_t *len_out)
+{
+    if (!step) {
+        if (len_out)
+            *len_out = 0;
+        return NULL;
+    }
+    const tk_task *t = step->step->task;
+    if (len_out)
+        *len_out = t->context ? t->context_len : 2;
+    return t->context ? t->context : "{}";
+}
+
+size_t tasker_step_dependency_count(const tasker_step *step)
+{
+    return step ? tstep(step)->n_deps : 0;
+}
+
+const char *tasker_step_dependency_name(const tasker_step *step, size_t i)
+{
+    if (!step || i >= tstep(step)->n_deps)
+        return NULL;
+    return tstep(step)->deps[i];
+}
+
+static int find_dep(const tk_step **out, const tasker_step *step, const char *dep)
+{
+    const tk_tstep *ts = tstep(step);
+    for (uint32_t i = 0; i < ts->n_deps; i++) {
+        if (strcmp(ts->deps[i], dep) == 0) {
+            *out = &step->step->task->steps[ts->dep_idx[i]];
+            return TASKER_OK;
+        }
+    }
+    return tk_err(TASKER_ENOTFOUND, TASKER_CATEGORY_ARGUMENT,
+                  json_pack("{s:s, s:s}", "step", ts->name, "dependency", dep),
+                  "'%s' is not a dependency of step '%s'", dep, ts->name);
+}
+
+int tasker_step_dependency_result(const char **json_out, size_t *len_out, const tasker_step *step,
+                                  const char *dep_name)
+{
+    if (!json_out || !step || !dep_name)
+        return tk_einval("tasker_step_dependency_result: json_out, step and dep_name must not be "
+                         "NULL");
+    *json_out = NULL;
+    if (len_out)
+        *len_out = 0;
+    const tk_step *d;
+    int rc = find_dep(&d, step, dep_name);
+    if (rc)
+        return rc;
+    if (d->result_kind == TK_RESULT_POINTER)
+        return tk_err(TASKER_ENOTSUP, TASKER_CATEGORY_ARGUMENT,
+                      json_pack("{s:s}", "dependency", dep_name),
+                      "dependency '%s' has an in-process result; use "
+                      "tasker_step_dependency_pointer",
+                      dep_name);
+    *json_out = d->result ? d->result : "null";
+    if (len_out)
+        *len_out = d->result ? d->result_len : 4;
+    return TASKER_OK;
+}
+
+int tasker_step_dependency_pointer(void **ptr_out, const tasker_step *step, const char *dep_name)
+{
+    if (!ptr_out || !step || !dep_name)
+        return tk_einval("tasker_step_dependency_pointer: ptr_out, step and dep_name must not be "
+                         "NULL");
+    *ptr_out = NULL;
+    const tk_step *d;
+    int rc = find_dep(&d, step, dep_name);
+    if (rc)
+        return rc;
+    if (d->result_kind != TK_RESULT_POINTER)
+        return tk_err(TASKER_ENOTSUP, TASKER_CATEGORY_ARGUMENT,
+                      json_pack("{s:s}", "dependency", dep_name),
+                      "dependency '%s' has a JSON result; use tasker_step_dependency_result",
+                      dep_name);
+    *ptr_out = d->result_ptr;
+    return TASKER_OK;
+}
+
+/* ---- completion ------------------------------------------------------------ */
+
+static tasker_coordinator *coord_of(const struct tasker_step *cl)
+{
+    return cl->step->task->coord;
+}
+
+/* Completes under the lock, handling a closed coordinator. */
+static int complete(struct tasker_step *cl, int ok, char *result, size_t len, void *ptr,
+                    void (*free_ptr)(void *), tk_failure_rec *f, int retryable, int64_t after)
+{
+    tasker_coordinator *c = coord_of(cl);
+    pthread_mutex_lock(&c->lock);
+    if (c->closed) {
+        int was_done = cl->done;
+        tk_closed_release(c, cl); /* unlocks, may free c */
+        tk_free(result);
+        tk_failure_free(f);
+        if (free_ptr)
+            free_ptr(ptr);
+        return tk_err(was_done ? TASKER_ESTATE : TASKER_ECLOSED, TASKER_CATEGORY_STATE, NULL,
+                      was_done ? "step was already completed"
+                               : "coordinator was closed; the step's result is discarded");
+    }
+    int rc = tk_complete(c, cl, ok, result, len, ptr, free_ptr, f, retryable, after);
+    if (rc == TASKER_OK)
+        tk_notify(c);
+    tk_task *g = c->graveyard;
+    c->graveyard = NULL;
+    int wake = rc == TASKER_OK && c->outstanding == 0 && c->done_waiters;
+    if (wake)
+        pthread_cond_broadcast(&c->done_cv);
+    pthread_mutex_unlock(&c->lock);
+    tk_free_tasks(g);
+    if (rc) {
+        tk_free(result);
+        tk_failure_free(f);
+        if (free_ptr)
+            free_ptr(ptr);
+    }
+    return rc;
+}
+
+int tasker_step_succeed(tasker_step *step, const char *result_json, size_t len)
+{
+    if (!step)
+        return tk_einval("tasker_step_succeed: step is NULL");
+    char *copy = NULL;
+    if (result_json) {
+        if (!len)
+            len = strlen(result_json);
+        if (!(len == 4 && memcmp(result_json, "null", 4) == 0)) {
+            json_error_t jerr;
+            json_t *j = json_loadb(result_json, len, JSON_DECODE_ANY, &jerr);
+            if (!j)
+                return tk_err(TASKER_EINVAL, TASKER_CATEGORY_ARGUMENT,
+                              json_pack("{s:s, s:s}", "step", tstep(step)->name, "message",
+                                        jerr.text),
+                              "step '%s': result is not valid JSON: %s", tstep(step)->name,
+                              jerr.text);
+            json_decref(j);
+            if (!(copy = tk_strndup(result_json, len)))
+                return tk_enomem();
+        } else {
+            len = 0;
+        }
+    }
+    return complete(step, 1, copy, copy ? len : 0, NULL, NULL, NULL, 0, -1);
+}
+
+int tasker_step_succeed_pointer(tasker_step *step, void *ptr, void (*free_ptr)(void *))
+{
+    if (!step) {
+        if (free_ptr)
+            free_ptr(ptr);
+        return tk_einval("tasker_step_succeed_pointer: step is NULL");
+    }
+    if (!ptr)
+        return complete(step, 1, NULL, 0, NULL, NULL, NULL, 0, -1);
+    return complete(step, 1, NULL, 0, ptr, free_ptr, NULL, 0, -1);
+}
+
+int tasker_failure_init(tasker_failure *f, unsigned version)
+{
+    if (!f)
+        return tk_einval("tasker_failure_init: failure is NULL");
+    if (version != TASKER_FAILURE_VERSION)
+        return tk_einval("tasker_failure_init: unknown struct version %u (expected %u)", version,
+                         TASKER_FAILURE_VERSION);
+    tasker_failure d = TASKER_FAILURE_INIT;
+    *f = d;
+    return TASKER_OK;
+}
+
+int tasker_step_fail(tasker_step *step, const tasker_failure *failure)
+{
+    if (!step)
+        return tk_einval("tasker_step_fail: step is NULL");
+    tasker_failure def = TASKER_FAILURE_INIT;
+    if (!failure)
+        failure = &def;
+    if (failure->version != TASKER_FAILURE_VERSION)
+        return tk_einval("tasker_step_fail: tasker_failure.version is %u, expected %u",
+                         failure->version, TASKER_FAILURE_VERSION);
+    if (failure->context_json) {
+        json_error_t jerr;
+        json_t *j = json_loads(failure->context_json, 0, &jerr);
+        int ok = json_is_object(j);
+        json_decref(j);
+        if (!ok)
+            return tk_einval("tasker_step_fail: context_json must be a JSON object");
+    }
+    tk_failure_rec *f = tk_calloc(1, sizeof *f);
+    if (!f)
+        return tk_enomem();
+    f->retryable = failure->retryable != 0;
+    f->error_class = tk_strdup(failure->error_class ? failure->error_class : "Error");
+    f->message = tk_strdup(failure->message ? failure->message : "");
+    f->context = failure->context_json ? tk_strdup(failure->context_json) : NULL;
+    if (!f->error_class || !f->message || (failure->context_json && !f->context)) {
+        tk_failure_free(f);
+        return tk_enomem();
+    }
+    return complete(step, 0, NULL, 0, NULL, NULL, f, f->retryable, failure->retry_after_ms);
+}
+
+/* Runs a claimed step's handler on a worker thread. */
+int tk_run_handler(tasker_coordinator *c, struct tasker_step *cl)
+{
+    const tk_handler *h = cl->step->task->reg->handlers[cl->step->idx];
+    int rc = h->fn(cl, h->userdata);
+    if (rc < 0) {
+        pthread_mutex_lock(&c->lock);
+        int done = cl->done;
+        pthread_mutex_unlock(&c->lock);
+        if (!done) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "handler '%s' returned %s without completing the step",
+                     h->name, tasker_strerror(rc));
+            tasker_failure f = TASKER_FAILURE_INIT;
+            f.error_class = "tasker.HandlerReturnedError";
+            f.message = msg;
+            tasker_step_fail(cl, &f);
+        }
+    }
+    return rc;
+}
