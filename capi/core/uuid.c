@@ -32,7 +32,12 @@ static void reseed(void)
 
 void tk_uuid_new(uint8_t out[16], char text[TASKER_UUID_BUFSIZE])
 {
-    uint64_t ms = (uint64_t)(tk_now_ns() / 1000000);
+    tk_uuid_new_at(out, text, tk_now_ns());
+}
+
+void tk_uuid_new_at(uint8_t out[16], char text[TASKER_UUID_BUFSIZE], int64_t unix_ns)
+{
+    uint64_t ms = (uint64_t)(unix_ns / 1000000);
     if (!gen.seeded || ms != gen.ms) {
         gen.ms = ms;
         reseed();

@@ -21,6 +21,15 @@ int tk_step_resolve_locked(tasker_coordinator *c, tk_task *t, uint32_t idx, char
 
 #define WORKER_BATCH 32
 
+static inline void tk_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 /* ---- wakeups ------------------------------------------------------------- */
 
 static void arm_timer(tasker_coordinator *c)
@@ -389,10 +398,10 @@ int tasker_task_wait(tasker_task_state *state_out, tasker_coordinator *c, const 
             rc = TASKER_ETIMEOUT;
             break;
         }
-        c->done_waiters++;
+        t->waiters++;
         int w = timeout_ms < 0 ? pthread_cond_wait(&c->done_cv, &c->lock)
                                : pthread_cond_timedwait(&c->done_cv, &c->lock, &deadline);
-        c->done_waiters--;
+        t->waiters--; /* the task cannot be forgotten while it is not final */
         if (w == ETIMEDOUT) {
             if ((rc = find_locked(c, uuid, &t)) == TASKER_OK) {
                 *state_out = (tasker_task_state)t->state;
@@ -544,6 +553,24 @@ static void *worker_main(void *arg)
         if (len == 0) {
             if (c->q[TK_Q_POLL].len)
                 tk_notify(c);
+            /* One worker at a time spins briefly before sleeping: work often
+             * arrives within microseconds, and a futex sleep and wake-up
+             * cost more than that.  More spinners would only take CPU from
+             * the threads producing the work. */
+            if (!c->spinning) {
+                c->spinning++;
+                pthread_mutex_unlock(&c->lock);
+                for (int spin = 0; spin < 4000; spin++) {
+                    if (atomic_load_explicit(&c->worker_ready, memory_order_relaxed) ||
+                        atomic_load_explicit(&c->stop_flag, memory_order_relaxed))
+                        break;
+                    tk_cpu_relax();
+                }
+                pthread_mutex_lock(&c->lock);
+                c->spinning--;
+                if (c->q[TK_Q_WORKER].len || c->stopping)
+                    continue;
+            }
             c->idle_workers++;
             if (c->heap_len) {
                 int64_t due = c->heap[0]->due_mono;

@@ -112,6 +112,7 @@ struct tk_task {
     int32_t priority;
     uint32_t n_steps, n_done, n_active, n_error;
     uint32_t outstanding; /* claims handed out and not completed */
+    uint32_t waiters;     /* threads in tasker_task_wait on this task */
     char *context;
     size_t context_len;
     char *idem_key;
@@ -151,12 +152,14 @@ struct tasker_coordinator {
     size_t n_finished_kept;
 
     tk_queue q[2];
+    atomic_size_t worker_ready; /* q[TK_Q_WORKER].len, readable without the lock */
     tk_step **heap; /* retry timers, min-heap on due_mono */
     size_t heap_len, heap_cap;
 
     pthread_t *threads;
     unsigned n_threads;
     unsigned idle_workers;
+    unsigned spinning; /* workers spinning for work; at most one at a time */
     unsigned done_waiters;
     int stopping;
     atomic_int stop_flag;

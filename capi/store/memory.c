@@ -76,6 +76,8 @@ static void queue_push(tasker_coordinator *c, tk_step *s)
     b->tail = s;
     s->in_queue = (uint8_t)(qi + 1);
     c->q[qi].len++;
+    if (qi == TK_Q_WORKER)
+        atomic_store_explicit(&c->worker_ready, c->q[qi].len, memory_order_relaxed);
 }
 
 void tk_queue_remove(tasker_coordinator *c, tk_step *s)
@@ -95,6 +97,8 @@ void tk_queue_remove(tasker_coordinator *c, tk_step *s)
     s->q_next = s->q_prev = NULL;
     s->in_queue = 0;
     c->q[qi].len--;
+    if (qi == TK_Q_WORKER)
+        atomic_store_explicit(&c->worker_ready, c->q[qi].len, memory_order_relaxed);
 }
 
 static tk_step *queue_pop(tasker_coordinator *c, int qi)
@@ -425,7 +429,7 @@ void tk_free_tasks(tk_task *list)
 static void task_finished(tasker_coordinator *c, tk_task *t, int64_t now)
 {
     t->finished_at = now;
-    if (c->done_waiters)
+    if (t->waiters)
         pthread_cond_broadcast(&c->done_cv);
     int64_t retain = c->cfg.num[TK_CFG_MEMORY_RETAIN_FINISHED];
     if (retain <= 0)
@@ -688,7 +692,8 @@ int tk_task_create(tasker_coordinator *c, const tasker_task_request *req, char *
     t->n_steps = tm->n_steps;
     t->priority = req->priority;
     t->state = TASKER_TASK_PENDING;
-    tk_uuid_new(t->uuid_bytes, t->uuid);
+    int64_t now = tk_now_ns();
+    tk_uuid_new_at(t->uuid_bytes, t->uuid, now);
     uint8_t sb[16];
     for (uint32_t i = 0; i < tm->n_steps; i++) {
         tk_step *s = &t->steps[i];
@@ -696,9 +701,8 @@ int tk_task_create(tasker_coordinator *c, const tasker_task_request *req, char *
         s->idx = i;
         s->remaining = tm->steps[i].n_deps;
         s->budget = tm->steps[i].opts.max_attempts;
-        tk_uuid_new(sb, s->uuid);
+        tk_uuid_new_at(sb, s->uuid, now);
     }
-    int64_t now = tk_now_ns();
     t->created_at = now;
     tk_record(t, now, -1, 255, TASKER_TASK_PENDING, TK_R_CREATED, 0);
 
