@@ -71,6 +71,8 @@ void tk_notify(tasker_coordinator *c)
 
 /* ---- open / close ---------------------------------------------------------- */
 
+static void free_all(tasker_coordinator *c);
+
 int tasker_coordinator_open(tasker_coordinator **out, const tasker_config *cfg)
 {
     if (!out)
@@ -79,12 +81,6 @@ int tasker_coordinator_open(tasker_coordinator **out, const tasker_config *cfg)
     int rc;
     if (cfg && (rc = tasker_config_validate(cfg)))
         return rc;
-    if (cfg && strcmp(tk_config_str(cfg, TK_CFG_STORE), "memory") != 0)
-        return tk_err(TASKER_ENOTSUP, TASKER_CATEGORY_CONFIG,
-                      json_pack("{s:s, s:s}", "key", "store", "value",
-                                tk_config_str(cfg, TK_CFG_STORE)),
-                      "store '%s' is not available in this build; use store = memory",
-                      tk_config_str(cfg, TK_CFG_STORE));
     tasker_coordinator *c = tk_calloc(1, sizeof *c);
     if (!c)
         return tk_enomem();
@@ -106,6 +102,11 @@ int tasker_coordinator_open(tasker_coordinator **out, const tasker_config *cfg)
     pthread_cond_init(&c->work_cv, &ca);
     pthread_cond_init(&c->done_cv, &ca);
     pthread_condattr_destroy(&ca);
+    if (strcmp(tk_config_str(&c->cfg, TK_CFG_STORE), "postgres") == 0 &&
+        (rc = tk_pg_open(&c->pg, c, &c->cfg)) != TASKER_OK) {
+        free_all(c);
+        return rc;
+    }
     *out = c;
     return TASKER_OK;
 }
@@ -166,6 +167,10 @@ int tasker_coordinator_close(tasker_coordinator *c)
 {
     if (!c)
         return TASKER_OK;
+    if (c->pg) {
+        tk_pg_close(c->pg);
+        c->pg = NULL;
+    }
     tasker_coordinator_stop(c, 0);
     pthread_mutex_lock(&c->lock);
     c->closed = 1;
@@ -248,7 +253,8 @@ int tasker_template_register(tasker_coordinator *c, const tasker_template *tmpl)
     int rc = tk_template_clone(&copy, tmpl);
     if (rc)
         return rc;
-    if ((rc = tk_template_finalize(copy, (uint32_t)c->cfg.num[TK_CFG_TEMPLATE_MAX_STEPS]))) {
+    if ((rc = tk_template_finalize(copy, (uint32_t)c->cfg.num[TK_CFG_TEMPLATE_MAX_STEPS])) ||
+        (c->pg && (rc = tk_pg_template_register(c->pg, copy)))) {
         tasker_template_free(copy);
         return rc;
     }
@@ -338,6 +344,12 @@ int tasker_task_create(char uuid_out[TASKER_UUID_BUFSIZE], tasker_coordinator *c
     if (!uuid_out || !c || !req)
         return tk_einval("tasker_task_create: uuid_out, coordinator and request must not be NULL");
     uuid_out[0] = '\0';
+    if (c->pg) {
+        if (req->version != TASKER_TASK_REQUEST_VERSION)
+            return tk_einval("tasker_task_create: tasker_task_request.version is %u, expected %u",
+                             req->version, TASKER_TASK_REQUEST_VERSION);
+        return tk_pg_task_create(c->pg, req, uuid_out);
+    }
     return tk_task_create(c, req, uuid_out);
 }
 
@@ -376,6 +388,8 @@ int tasker_task_wait(tasker_task_state *state_out, tasker_coordinator *c, const 
     int rc = check_uuid_arg("tasker_task_wait", uuid);
     if (rc)
         return rc;
+    if (c->pg)
+        return tk_pg_task_wait(c->pg, state_out, uuid, timeout_ms);
     struct timespec deadline;
     clock_gettime(CLOCK_MONOTONIC, &deadline);
     if (timeout_ms > 0) {
@@ -425,6 +439,8 @@ int tasker_task_get(char **json_out, tasker_coordinator *c, const char *uuid)
     int rc = check_uuid_arg("tasker_task_get", uuid);
     if (rc)
         return rc;
+    if (c->pg)
+        return tk_pg_task_get(c->pg, json_out, uuid);
     pthread_mutex_lock(&c->lock);
     tk_task *t;
     if ((rc = find_locked(c, uuid, &t)) == TASKER_OK) {
@@ -443,6 +459,8 @@ int tasker_task_cancel(tasker_coordinator *c, const char *uuid)
     int rc = check_uuid_arg("tasker_task_cancel", uuid);
     if (rc)
         return rc;
+    if (c->pg)
+        return tk_pg_task_cancel(c->pg, uuid);
     pthread_mutex_lock(&c->lock);
     tk_task *t;
     if ((rc = find_locked(c, uuid, &t)) == TASKER_OK)
@@ -461,6 +479,8 @@ int tasker_task_retry(tasker_coordinator *c, const char *uuid)
     int rc = check_uuid_arg("tasker_task_retry", uuid);
     if (rc)
         return rc;
+    if (c->pg)
+        return tk_pg_task_retry(c->pg, uuid);
     pthread_mutex_lock(&c->lock);
     tk_task *t;
     if ((rc = find_locked(c, uuid, &t)) == TASKER_OK && (rc = tk_task_retry_locked(c, t)) == 0)
@@ -477,6 +497,8 @@ int tasker_step_resolve(tasker_coordinator *c, const char *uuid, const char *ste
     int rc = check_uuid_arg("tasker_step_resolve", uuid);
     if (rc)
         return rc;
+    if (c->pg)
+        return tk_pg_step_resolve(c->pg, uuid, step_name, result_json, len);
     char *copy = NULL;
     if (result_json) {
         if (!len)
@@ -514,6 +536,8 @@ int tasker_task_forget(tasker_coordinator *c, const char *uuid)
     int rc = check_uuid_arg("tasker_task_forget", uuid);
     if (rc)
         return rc;
+    if (c->pg)
+        return tk_pg_task_forget(c->pg, uuid);
     pthread_mutex_lock(&c->lock);
     tk_task *t;
     if ((rc = find_locked(c, uuid, &t)) == TASKER_OK) {
@@ -612,6 +636,8 @@ int tasker_coordinator_start(tasker_coordinator *c, unsigned n_threads)
         return tk_einval("tasker_coordinator_start: coordinator is NULL");
     if (n_threads < 1 || n_threads > 256)
         return tk_einval("tasker_coordinator_start: n_threads is %u, allowed 1..256", n_threads);
+    if (c->pg)
+        return tk_pg_start(c->pg, n_threads);
     pthread_mutex_lock(&c->lock);
     int rc = TASKER_OK;
     if (c->closed)
@@ -644,6 +670,8 @@ int tasker_coordinator_stop(tasker_coordinator *c, int drain_ms)
 {
     if (!c)
         return tk_einval("tasker_coordinator_stop: coordinator is NULL");
+    if (c->pg)
+        return tk_pg_stop(c->pg, drain_ms);
     pthread_mutex_lock(&c->lock);
     c->stopping = 1;
     atomic_store(&c->stop_flag, 1);
@@ -722,6 +750,8 @@ int tasker_coordinator_fd(int *fd_out, tasker_coordinator *c)
     if (!fd_out || !c)
         return tk_einval("tasker_coordinator_fd: fd_out and coordinator must not be NULL");
     *fd_out = -1;
+    if (c->pg)
+        return tk_pg_fd(c->pg, fd_out);
     pthread_mutex_lock(&c->lock);
     int rc = TASKER_OK;
     if (c->closed)
@@ -741,6 +771,8 @@ int tasker_coordinator_claim(tasker_step **steps_out, size_t *n_out, tasker_coor
         return tk_einval("tasker_coordinator_claim: steps_out, n_out and coordinator must not be "
                          "NULL");
     *n_out = 0;
+    if (c->pg)
+        return tk_pg_claim(c->pg, steps_out, n_out, max);
     pthread_mutex_lock(&c->lock);
     if (c->closed) {
         pthread_mutex_unlock(&c->lock);

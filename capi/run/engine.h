@@ -17,6 +17,7 @@
 #include "core/config.h"
 #include "core/states.h"
 #include "core/template.h"
+#include "store/postgres.h"
 #include "tasker.h"
 
 typedef struct tk_task tk_task;
@@ -48,7 +49,8 @@ typedef struct tk_latest {
 
 /* One attempt's claim on a step: this is the handle handlers see. */
 struct tasker_step {
-    tk_step *step;
+    tk_step *step;                     /* memory store */
+    const struct tk_claim_view *view;  /* postgres store (store/postgres.h) */
     struct tasker_step *older; /* earlier claims of the same step */
     uint32_t attempt;
     uint8_t done;
@@ -137,6 +139,7 @@ typedef struct tk_queue {
 enum { TK_Q_WORKER = 0, TK_Q_POLL = 1 };
 
 struct tasker_coordinator {
+    struct tk_pg *pg; /* store = postgres: task and step operations go there */
     pthread_mutex_t lock;
     pthread_cond_t work_cv;  /* workers wait for ready steps */
     pthread_cond_t done_cv;  /* task waiters and drain wait */

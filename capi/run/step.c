@@ -20,32 +20,34 @@ static const tk_tstep *tstep(const tasker_step *cl)
 
 const char *tasker_step_name(const tasker_step *step)
 {
-    return step ? tstep(step)->name : NULL;
+    return !step ? NULL : step->view ? step->view->name : tstep(step)->name;
 }
 
 const char *tasker_step_handler_name(const tasker_step *step)
 {
-    return step ? tstep(step)->handler : NULL;
+    return !step ? NULL : step->view ? step->view->handler : tstep(step)->handler;
 }
 
 const char *tasker_step_uuid(const tasker_step *step)
 {
-    return step ? step->step->uuid : NULL;
+    return !step ? NULL : step->view ? step->view->uuid : step->step->uuid;
 }
 
 const char *tasker_step_task_uuid(const tasker_step *step)
 {
-    return step ? step->step->task->uuid : NULL;
+    return !step ? NULL : step->view ? step->view->task_uuid : step->step->task->uuid;
 }
 
 const char *tasker_step_namespace(const tasker_step *step)
 {
-    return step ? step->step->task->reg->tmpl->ns : NULL;
+    return !step ? NULL : step->view ? step->view->ns : step->step->task->reg->tmpl->ns;
 }
 
 const char *tasker_step_template_name(const tasker_step *step)
 {
-    return step ? step->step->task->reg->tmpl->name : NULL;
+    return !step         ? NULL
+           : step->view ? step->view->template_name
+                        : step->step->task->reg->tmpl->name;
 }
 
 uint32_t tasker_step_attempt(const tasker_step *step)
@@ -55,7 +57,7 @@ uint32_t tasker_step_attempt(const tasker_step *step)
 
 uint32_t tasker_step_max_attempts(const tasker_step *step)
 {
-    return step ? step->step->budget : 0;
+    return !step ? 0 : step->view ? step->view->max_attempts : step->step->budget;
 }
 
 const char *tasker_step_context(const tasker_step *step, size_t *len_out)
@@ -65,6 +67,11 @@ const char *tasker_step_context(const tasker_step *step, size_t *len_out)
             *len_out = 0;
         return NULL;
     }
+    if (step->view) {
+        if (len_out)
+            *len_out = step->view->context_len;
+        return step->view->context;
+    }
     const tk_task *t = step->step->task;
     if (len_out)
         *len_out = t->context ? t->context_len : 2;
@@ -73,14 +80,14 @@ const char *tasker_step_context(const tasker_step *step, size_t *len_out)
 
 size_t tasker_step_dependency_count(const tasker_step *step)
 {
-    return step ? tstep(step)->n_deps : 0;
+    return !step ? 0 : step->view ? step->view->n_deps : tstep(step)->n_deps;
 }
 
 const char *tasker_step_dependency_name(const tasker_step *step, size_t i)
 {
-    if (!step || i >= tstep(step)->n_deps)
+    if (!step || i >= tasker_step_dependency_count(step))
         return NULL;
-    return tstep(step)->deps[i];
+    return step->view ? step->view->dep_names[i] : tstep(step)->deps[i];
 }
 
 static int find_dep(const tk_step **out, const tasker_step *step, const char *dep)
@@ -106,6 +113,19 @@ int tasker_step_dependency_result(const char **json_out, size_t *len_out, const 
     *json_out = NULL;
     if (len_out)
         *len_out = 0;
+    if (step->view) {
+        for (size_t i = 0; i < step->view->n_deps; i++) {
+            if (strcmp(step->view->dep_names[i], dep_name) == 0) {
+                *json_out = step->view->dep_results[i];
+                if (len_out)
+                    *len_out = step->view->dep_result_lens[i];
+                return TASKER_OK;
+            }
+        }
+        return tk_err(TASKER_ENOTFOUND, TASKER_CATEGORY_ARGUMENT,
+                      json_pack("{s:s, s:s}", "step", step->view->name, "dependency", dep_name),
+                      "'%s' is not a dependency of step '%s'", dep_name, step->view->name);
+    }
     const tk_step *d;
     int rc = find_dep(&d, step, dep_name);
     if (rc)
@@ -128,6 +148,9 @@ int tasker_step_dependency_pointer(void **ptr_out, const tasker_step *step, cons
         return tk_einval("tasker_step_dependency_pointer: ptr_out, step and dep_name must not be "
                          "NULL");
     *ptr_out = NULL;
+    if (step->view)
+        return tk_err(TASKER_ENOTSUP, TASKER_CATEGORY_ARGUMENT, NULL,
+                      "in-process results exist only in the memory store");
     const tk_step *d;
     int rc = find_dep(&d, step, dep_name);
     if (rc)
@@ -188,6 +211,8 @@ int tasker_step_succeed(tasker_step *step, const char *result_json, size_t len)
 {
     if (!step)
         return tk_einval("tasker_step_succeed: step is NULL");
+    if (step->view)
+        return tk_pg_step_complete(step, 1, result_json, result_json && !len ? strlen(result_json) : len, NULL);
     char *copy = NULL;
     if (result_json) {
         if (!len)
@@ -218,6 +243,12 @@ int tasker_step_succeed_pointer(tasker_step *step, void *ptr, void (*free_ptr)(v
             free_ptr(ptr);
         return tk_einval("tasker_step_succeed_pointer: step is NULL");
     }
+    if (step->view) {
+        if (free_ptr)
+            free_ptr(ptr);
+        return tk_err(TASKER_ENOTSUP, TASKER_CATEGORY_ARGUMENT, NULL,
+                      "in-process results exist only in the memory store; return JSON");
+    }
     if (!ptr)
         return complete(step, 1, NULL, 0, NULL, NULL, NULL, 0, -1);
     return complete(step, 1, NULL, 0, ptr, free_ptr, NULL, 0, -1);
@@ -245,6 +276,8 @@ int tasker_step_fail(tasker_step *step, const tasker_failure *failure)
     if (failure->version != TASKER_FAILURE_VERSION)
         return tk_einval("tasker_step_fail: tasker_failure.version is %u, expected %u",
                          failure->version, TASKER_FAILURE_VERSION);
+    if (step->view)
+        return tk_pg_step_complete(step, 0, NULL, 0, failure);
     if (failure->context_json) {
         json_error_t jerr;
         json_t *j = json_loads(failure->context_json, 0, &jerr);
