@@ -3,6 +3,7 @@
  * priority, a min-heap of retry timers.  Every function here runs with the
  * coordinator's lock held.
  */
+#include <stdio.h>
 #include <string.h>
 #include <utlist.h>
 
@@ -200,6 +201,31 @@ void tk_heap_remove(tasker_coordinator *c, tk_step *s)
     heap_down(c, c->heap[i]->heap_pos - 1);
 }
 
+static void attempt_failed(tasker_coordinator *c, tk_step *s, tk_failure_rec *failure,
+                           int retryable, int64_t retry_after_ms, int64_t now, tk_reason why);
+
+/* A handler ran past its step's timeout_ms: the attempt fails (retryable) and
+ * the handler's late completion will be refused as stale. */
+static void time_out(tasker_coordinator *c, tk_step *s, int64_t now)
+{
+    const tk_tstep *ts = &s->task->reg->tmpl->steps[s->idx];
+    tk_failure_rec *f = tk_calloc(1, sizeof *f);
+    if (f) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "handler did not finish within %u ms", ts->opts.timeout_ms);
+        f->retryable = 1;
+        f->error_class = tk_strdup("tasker.TimeoutError");
+        f->message = tk_strdup(msg);
+        if (!f->error_class || !f->message) {
+            tk_failure_free(f);
+            f = NULL;
+        }
+    }
+    s->finished_at = now;
+    attempt_failed(c, s, f, 1, -1, now, TK_R_TIMED_OUT);
+    tk_maybe_finalize(c, s->task, now);
+}
+
 size_t tk_promote_due(tasker_coordinator *c, int64_t mono_now)
 {
     size_t n = 0;
@@ -209,7 +235,10 @@ size_t tk_promote_due(tasker_coordinator *c, int64_t mono_now)
         tk_heap_remove(c, s);
         if (!now)
             now = tk_now_ns();
-        tk_step_enqueue(c, s, now, TK_R_RETRY_DUE);
+        if (s->state == TASKER_STEP_IN_PROGRESS)
+            time_out(c, s, now);
+        else
+            tk_step_enqueue(c, s, now, TK_R_RETRY_DUE);
         n++;
     }
     return n;
@@ -234,6 +263,7 @@ void tk_step_enqueue(tasker_coordinator *c, tk_step *s, int64_t now, tk_reason r
 size_t tk_claim_batch(tasker_coordinator *c, int qi, tasker_step **out, size_t max, int64_t now)
 {
     size_t n = 0;
+    int64_t mono = 0;
     while (n < max) {
         tk_step *s = queue_pop(c, qi);
         if (!s)
@@ -251,6 +281,13 @@ size_t tk_claim_batch(tasker_coordinator *c, int qi, tasker_step **out, size_t m
         s->attempts++;
         step_set(s, TASKER_STEP_IN_PROGRESS, now, TK_R_CLAIMED);
         s->started_at = now;
+        uint32_t timeout = t->reg->tmpl->steps[s->idx].opts.timeout_ms;
+        if (timeout) {
+            if (!mono)
+                mono = tk_mono_ns();
+            s->due_mono = mono + (int64_t)timeout * 1000000;
+            heap_push(c, s); /* without memory for the timer the attempt simply has none */
+        }
         cl->step = s;
         cl->attempt = s->attempts;
         cl->done = 0;
@@ -298,6 +335,40 @@ static void finish_ok(tasker_coordinator *c, tk_step *s, int64_t now)
     }
 }
 
+/* Records a failed attempt and schedules the retry or puts the step in error.
+ * `why` TK_R_COUNT means "the reason follows from the outcome". */
+static void attempt_failed(tasker_coordinator *c, tk_step *s, tk_failure_rec *failure,
+                           int retryable, int64_t retry_after_ms, int64_t now, tk_reason why)
+{
+    tk_task *t = s->task;
+    if (failure) {
+        failure->attempt = s->attempts;
+        failure->at = now;
+        if (s->failures_tail)
+            s->failures_tail->next = failure;
+        else
+            s->failures = failure;
+        s->failures_tail = failure;
+    }
+    const tasker_step_options *o = &t->reg->tmpl->steps[s->idx].opts;
+    if (retryable && s->attempts < s->budget) {
+        uint64_t delay = tk_backoff_ms(o, s->attempts, retry_after_ms,
+                                       (double)(tk_random_u64() >> 11) / 9007199254740992.0);
+        step_set(s, TASKER_STEP_WAITING_FOR_RETRY, now,
+                 why != TK_R_COUNT ? why : TK_R_RETRY_SCHEDULED);
+        s->due_mono = tk_mono_ns() + (int64_t)delay * 1000000;
+        if (delay == 0 || heap_push(c, s) < 0)
+            tk_step_enqueue(c, s, now, TK_R_RETRY_DUE);
+    } else {
+        step_set(s, TASKER_STEP_ERROR, now,
+                 why != TK_R_COUNT      ? why
+                 : retryable ? TK_R_RETRIES_EXHAUSTED
+                             : TK_R_PERMANENT_FAILURE);
+        t->n_active--;
+        t->n_error++;
+    }
+}
+
 int tk_complete(tasker_coordinator *c, struct tasker_step *cl, int ok, char *result,
                 size_t result_len, void *ptr, void (*free_ptr)(void *), tk_failure_rec *failure,
                 int retryable, int64_t retry_after_ms)
@@ -328,11 +399,10 @@ int tk_complete(tasker_coordinator *c, struct tasker_step *cl, int ok, char *res
                       t->reg->tmpl->steps[s->idx].name, cl->attempt);
     }
     claim_done(c, cl);
+    tk_heap_remove(c, s); /* its timeout, if any */
     int64_t now = tk_now_ns();
     s->finished_at = now;
     if (ok) {
-        if (s->result_free)
-            s->result_free(s->result_ptr); /* unreachable today: one success per step */
         s->result = result;
         s->result_len = result_len;
         s->result_ptr = ptr;
@@ -342,27 +412,7 @@ int tk_complete(tasker_coordinator *c, struct tasker_step *cl, int ok, char *res
         t->n_active--;
         finish_ok(c, s, now);
     } else {
-        failure->attempt = s->attempts;
-        failure->at = now;
-        if (s->failures_tail)
-            s->failures_tail->next = failure;
-        else
-            s->failures = failure;
-        s->failures_tail = failure;
-        const tasker_step_options *o = &t->reg->tmpl->steps[s->idx].opts;
-        if (retryable && s->attempts < s->budget) {
-            uint64_t delay = tk_backoff_ms(o, s->attempts, retry_after_ms,
-                                           (double)(tk_random_u64() >> 11) / 9007199254740992.0);
-            step_set(s, TASKER_STEP_WAITING_FOR_RETRY, now, TK_R_RETRY_SCHEDULED);
-            s->due_mono = tk_mono_ns() + (int64_t)delay * 1000000;
-            if (delay == 0 || heap_push(c, s) < 0)
-                tk_step_enqueue(c, s, now, TK_R_RETRY_DUE);
-        } else {
-            step_set(s, TASKER_STEP_ERROR, now,
-                     retryable ? TK_R_RETRIES_EXHAUSTED : TK_R_PERMANENT_FAILURE);
-            t->n_active--;
-            t->n_error++;
-        }
+        attempt_failed(c, s, failure, retryable, retry_after_ms, now, TK_R_COUNT);
     }
     tk_maybe_finalize(c, t, now);
     return TASKER_OK;
