@@ -588,6 +588,118 @@ TASKER_API int tasker_failure_init(tasker_failure *failure, unsigned version);
  */
 TASKER_API int tasker_step_fail(tasker_step *step, const tasker_failure *failure);
 
+/* ------------------------------------------------------------------------ */
+/* Events                                                                   */
+/* ------------------------------------------------------------------------ */
+
+typedef struct tasker_subscription tasker_subscription;
+
+#define TASKER_EVENT_TASK_CREATED (1u << 0)
+#define TASKER_EVENT_STEP_ENQUEUED (1u << 1)
+#define TASKER_EVENT_STEP_STARTED (1u << 2)
+#define TASKER_EVENT_STEP_SUCCEEDED (1u << 3)
+#define TASKER_EVENT_STEP_FAILED (1u << 4)          /* an attempt failed */
+#define TASKER_EVENT_STEP_RETRY_SCHEDULED (1u << 5)
+#define TASKER_EVENT_STEP_DEAD_LETTERED (1u << 6)   /* step in error: no retry left */
+#define TASKER_EVENT_STEP_CANCELLED (1u << 7)
+#define TASKER_EVENT_TASK_CANCELLED (1u << 8)
+#define TASKER_EVENT_TASK_COMPLETED (1u << 9)
+#define TASKER_EVENT_TASK_FAILED (1u << 10)         /* task in error */
+#define TASKER_EVENT_CIRCUIT_CHANGED (1u << 11)
+#define TASKER_EVENT_ALL 0xfffu
+
+#define TASKER_EVENT_VERSION 1
+
+/* One event, borrowed by the subscriber for the duration of the callback. */
+typedef struct tasker_event {
+    unsigned version;
+    uint32_t type;             /* one TASKER_EVENT_* bit */
+    int64_t at_unix_ns;
+    const char *task_uuid;     /* "" for circuit events */
+    const char *step_uuid;     /* "" for task and circuit events */
+    const char *ns;            /* namespace; for circuit events the circuit's, or "" */
+    const char *template_name; /* "" for circuit events */
+    const char *step_name;     /* "" for task and circuit events */
+    const char *handler;       /* "" for task events */
+    uint32_t attempt;
+    const char *circuit;       /* circuit events: "handler:NAME" or "namespace:NAME"; else "" */
+    const char *circuit_state; /* circuit events: "closed", "open", "half_open"; else "" */
+} tasker_event;
+
+typedef void (*tasker_event_fn)(const tasker_event *event, void *userdata);
+
+/*
+ * Subscribes `fn` to the events whose bit is in `mask`.  Events are copied
+ * into a buffer of `buffer_events` entries (0: 65536) and delivered in order
+ * on a thread of the subscription's own, so a slow or failing subscriber never
+ * stalls execution: when the buffer is full, new events for it are dropped and
+ * counted (tasker_subscription_dropped).  `free_userdata` is called after the
+ * last callback.  Thread-safe.
+ */
+TASKER_API int tasker_subscribe(tasker_subscription **out, tasker_coordinator *coord,
+                                uint32_t mask, size_t buffer_events, tasker_event_fn fn,
+                                void *userdata, void (*free_userdata)(void *));
+
+/*
+ * Delivers what is buffered, stops the subscription's thread and frees it.
+ * NULL is a no-op.  Must not be called from the subscription's own callback.
+ * tasker_coordinator_close unsubscribes those left.
+ */
+TASKER_API int tasker_unsubscribe(tasker_subscription *sub);
+
+/* Events dropped because the buffer was full / delivered so far.  Thread-safe. */
+TASKER_API uint64_t tasker_subscription_dropped(const tasker_subscription *sub);
+TASKER_API uint64_t tasker_subscription_delivered(const tasker_subscription *sub);
+
+/* ------------------------------------------------------------------------ */
+/* Metrics and health                                                       */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Writes the coordinator's metrics in the Prometheus text exposition format
+ * (counters by namespace, handler and outcome; queue-wait, handler-duration
+ * and task latency histograms; queue depth; steps in flight; retries; dead
+ * letters; fenced completions; circuit states).  The caller frees the text
+ * with tasker_free().  Thread-safe.
+ */
+TASKER_API int tasker_metrics_text(char **text_out, tasker_coordinator *coord);
+
+/*
+ * Writes a health report as JSON: {"status": "ok"|"degraded"|"down",
+ * "version", "store": {"kind", "reachable"}, "namespaces": {NS: {"queue_depth",
+ * "oldest_ready_age_ms"}}, "circuits": {...}, "config": {"valid": true}}.
+ * The caller frees it with tasker_free().  Thread-safe.
+ */
+TASKER_API int tasker_health_json(char **json_out, tasker_coordinator *coord);
+
+/* ------------------------------------------------------------------------ */
+/* Circuit breakers                                                         */
+/* ------------------------------------------------------------------------ */
+
+typedef enum tasker_circuit_state {
+    TASKER_CIRCUIT_CLOSED = 0,
+    TASKER_CIRCUIT_OPEN = 1,
+    TASKER_CIRCUIT_HALF_OPEN = 2
+} tasker_circuit_state;
+
+typedef enum tasker_circuit_mode {
+    TASKER_CIRCUIT_AUTO = 0,         /* the breaker decides */
+    TASKER_CIRCUIT_FORCE_OPEN = 1,   /* nothing passes until AUTO again */
+    TASKER_CIRCUIT_FORCE_CLOSED = 2  /* everything passes, failures are only counted */
+} tasker_circuit_mode;
+
+/*
+ * Each handler has a circuit named "handler:NAME" and each namespace one named
+ * "namespace:NAME" around its queue operations.  Configure them with the
+ * breaker.* keys (see tasker_config_set).  While a handler's circuit is open its
+ * steps stay enqueued; after breaker.open_ms it lets breaker.half_open_max
+ * trial steps through, and closes after breaker.success_threshold successes.
+ */
+TASKER_API int tasker_circuit_get(tasker_circuit_state *state_out, tasker_coordinator *coord,
+                                  const char *circuit);
+TASKER_API int tasker_circuit_force(tasker_coordinator *coord, const char *circuit,
+                                    tasker_circuit_mode mode);
+
 #ifdef __cplusplus
 }
 #endif

@@ -30,6 +30,15 @@ static const struct {
                                        1073741824, NULL},
     [TK_CFG_MEMORY_RETAIN_FINISHED] = {"memory.retain_finished", T_INT, NULL, 0, 0,
                                        1000000000, NULL},
+    [TK_CFG_BREAKER_FAILURE_THRESHOLD] = {"breaker.failure_threshold", T_INT, NULL, 0, 0,
+                                          1000000, NULL},
+    [TK_CFG_BREAKER_FAILURE_RATE_PERCENT] = {"breaker.failure_rate_percent", T_INT, NULL, 0, 0,
+                                             100, NULL},
+    [TK_CFG_BREAKER_WINDOW] = {"breaker.window", T_INT, NULL, 20, 1, 10000, NULL},
+    [TK_CFG_BREAKER_OPEN_MS] = {"breaker.open_ms", T_INT, NULL, 30000, 1, 86400000, NULL},
+    [TK_CFG_BREAKER_HALF_OPEN_MAX] = {"breaker.half_open_max", T_INT, NULL, 1, 1, 1000, NULL},
+    [TK_CFG_BREAKER_SUCCESS_THRESHOLD] = {"breaker.success_threshold", T_INT, NULL, 1, 1, 1000,
+                                          NULL},
 };
 
 void tk_config_defaults(struct tasker_config *cfg)

@@ -32,11 +32,18 @@ static inline void tk_cpu_relax(void)
 
 /* ---- wakeups ------------------------------------------------------------- */
 
+int64_t tk_next_timer(tasker_coordinator *c)
+{
+    int64_t due = c->heap_len ? c->heap[0]->due_mono : 0;
+    int64_t b = c->breakers ? tk_breaker_next_due(c) : 0;
+    return b && (!due || b < due) ? b : due;
+}
+
 static void arm_timer(tasker_coordinator *c)
 {
     if (c->tfd < 0)
         return;
-    int64_t due = c->heap_len ? c->heap[0]->due_mono : 0;
+    int64_t due = tk_next_timer(c);
     if (due == c->timer_due)
         return;
     struct itimerspec its = {0};
@@ -57,8 +64,8 @@ void tk_notify(tasker_coordinator *c)
             pthread_cond_broadcast(&c->work_cv);
         else
             pthread_cond_signal(&c->work_cv);
-    } else if (c->heap_len && c->idle_workers) {
-        /* A new retry timer may be earlier than the one a worker sleeps on. */
+    } else if ((c->heap_len || c->breakers) && c->idle_workers) {
+        /* A new timer may be earlier than the one a worker sleeps on. */
         pthread_cond_signal(&c->work_cv);
     }
     if (c->q[TK_Q_POLL].len && !c->ev_armed && c->evfd >= 0) {
@@ -102,6 +109,8 @@ int tasker_coordinator_open(tasker_coordinator **out, const tasker_config *cfg)
     pthread_cond_init(&c->work_cv, &ca);
     pthread_cond_init(&c->done_cv, &ca);
     pthread_condattr_destroy(&ca);
+    c->breakers_on = c->cfg.num[TK_CFG_BREAKER_FAILURE_THRESHOLD] > 0 ||
+                     c->cfg.num[TK_CFG_BREAKER_FAILURE_RATE_PERCENT] > 0;
     if (strcmp(tk_config_str(&c->cfg, TK_CFG_STORE), "postgres") == 0 &&
         (rc = tk_pg_open(&c->pg, c, &c->cfg)) != TASKER_OK) {
         free_all(c);
@@ -149,6 +158,12 @@ static void free_all(tasker_coordinator *c)
             b = n;
         }
     }
+    tk_nsobj_free_all(c);
+    while (c->breakers) {
+        tk_breaker *b = c->breakers->next_all;
+        tk_breaker_free(c->breakers);
+        c->breakers = b;
+    }
     tk_free(c->heap);
     if (c->epfd >= 0)
         close(c->epfd);
@@ -172,6 +187,7 @@ int tasker_coordinator_close(tasker_coordinator *c)
         c->pg = NULL;
     }
     tasker_coordinator_stop(c, 0);
+    tk_events_close_all(c);
     pthread_mutex_lock(&c->lock);
     c->closed = 1;
     size_t left = c->outstanding;
@@ -228,15 +244,17 @@ int tasker_handler_register(tasker_coordinator *c, const char *name, tasker_hand
     pthread_mutex_lock(&c->lock);
     tk_handler *old;
     HASH_FIND_STR(c->handlers, name, old);
-    if (!old)
+    if (!old && (h->breaker = tk_breaker_new(c, "handler", name)))
         HASH_ADD_KEYPTR(hh, c->handlers, h->name, strlen(h->name), h);
+    int added = !old && h->breaker;
     pthread_mutex_unlock(&c->lock);
-    if (!old)
+    if (added)
         return TASKER_OK;
     tk_free(h->name);
     tk_free(h);
-    rc = tk_err(TASKER_EEXIST, TASKER_CATEGORY_HANDLER, json_pack("{s:s}", "handler", name),
-                "a handler named '%s' is already registered", name);
+    rc = old ? tk_err(TASKER_EEXIST, TASKER_CATEGORY_HANDLER, json_pack("{s:s}", "handler", name),
+                      "a handler named '%s' is already registered", name)
+             : tk_enomem();
 fail:
     if (free_userdata)
         free_userdata(userdata);
@@ -282,6 +300,8 @@ int tasker_template_register(tasker_coordinator *c, const tasker_template *tmpl)
                           "template %s is already registered with different steps; "
                           "register a new version",
                           copy->key);
+    } else if (!(r->nsobj = tk_nsobj_get(c, copy->ns))) {
+        rc = tk_enomem();
     } else {
         HASH_ADD_KEYPTR(hh, c->templates, r->key, strlen(r->key), r);
         tk_latest *cur;
@@ -571,8 +591,13 @@ static void *worker_main(void *arg)
     tasker_step *batch[WORKER_BATCH];
     pthread_mutex_lock(&c->lock);
     while (!c->stopping) {
-        if (c->heap_len)
-            tk_promote_due(c, tk_mono_ns());
+        if (c->heap_len || c->breakers) {
+            int64_t due = tk_next_timer(c), mono = due ? tk_mono_ns() : 0;
+            if (due && due <= mono) {
+                tk_promote_due(c, mono);
+                tk_breaker_tick(c, mono);
+            }
+        }
         size_t len = c->q[TK_Q_WORKER].len;
         if (len == 0) {
             if (c->q[TK_Q_POLL].len)
@@ -596,8 +621,8 @@ static void *worker_main(void *arg)
                     continue;
             }
             c->idle_workers++;
-            if (c->heap_len) {
-                int64_t due = c->heap[0]->due_mono;
+            int64_t due = tk_next_timer(c);
+            if (due) {
                 struct timespec ts = {.tv_sec = due / 1000000000, .tv_nsec = due % 1000000000};
                 pthread_cond_timedwait(&c->work_cv, &c->lock, &ts);
             } else {
@@ -785,8 +810,11 @@ int tasker_coordinator_claim(tasker_step **steps_out, size_t *n_out, tasker_coor
         if (read(c->tfd, &v, sizeof v) == sizeof v)
             c->timer_due = 0;
     }
-    if (c->heap_len)
-        tk_promote_due(c, tk_mono_ns());
+    if (c->heap_len || c->breakers) {
+        int64_t mono = tk_mono_ns();
+        tk_promote_due(c, mono);
+        tk_breaker_tick(c, mono);
+    }
     if (!c->stopping && max)
         *n_out = tk_claim_batch(c, TK_Q_POLL, steps_out, max, tk_now_ns());
     tk_notify(c);

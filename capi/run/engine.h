@@ -17,6 +17,9 @@
 #include "core/config.h"
 #include "core/states.h"
 #include "core/template.h"
+#include "obs/breaker.h"
+#include "obs/events.h"
+#include "obs/metrics.h"
 #include "store/postgres.h"
 #include "tasker.h"
 
@@ -28,6 +31,8 @@ typedef struct tk_handler {
     tasker_handler_fn fn; /* NULL: poll mode */
     void *userdata;
     void (*free_userdata)(void *);
+    tk_handler_metrics metrics;
+    tk_breaker *breaker;
     UT_hash_handle hh;
 } tk_handler;
 
@@ -37,6 +42,7 @@ typedef struct tk_reg {
     tasker_template *tmpl;
     tk_handler **handlers; /* per step; filled at first task creation */
     int handlers_resolved;
+    tk_nsobj *nsobj;
     UT_hash_handle hh;
 } tk_reg;
 
@@ -77,7 +83,7 @@ struct tk_step {
     uint32_t budget;          /* attempts allowed (grows on manual retry) */
     uint8_t state;
     uint8_t result_kind;
-    uint8_t in_queue;         /* 0, or 1 + queue index */
+    uint8_t in_queue;         /* 0, 1 + queue index, or TK_PARKED */
     uint32_t heap_pos;        /* 1 + position in the retry heap, 0 if absent */
     size_t result_len;
     char *result;
@@ -87,8 +93,11 @@ struct tk_step {
     int64_t enqueued_at, started_at, finished_at, due_mono;
     struct tasker_step claim0;
     struct tasker_step *claims; /* newest claim */
+    uint8_t uuid_bytes[16];
     char uuid[TASKER_UUID_BUFSIZE];
 };
+
+#define TK_PARKED 3 /* held back by its handler's open circuit */
 
 typedef struct tk_transition {
     int64_t at;
@@ -169,6 +178,13 @@ struct tasker_coordinator {
     int closed;
     size_t outstanding; /* claims handed out and not completed, all tasks */
 
+    tk_nsobj *namespaces;
+    tk_breaker *breakers;
+    int breakers_on; /* a failure threshold or rate is configured */
+    struct tasker_subscription *subs;
+    uint32_t event_mask; /* union of the subscriptions' masks */
+    uint64_t m_fenced, m_store_errors;
+
     int epfd, evfd, tfd;
     int ev_armed;          /* eventfd holds a count */
     int64_t timer_due;     /* timerfd's armed due time (mono ns), 0 = disarmed */
@@ -203,6 +219,8 @@ void tk_queue_remove(tasker_coordinator *c, tk_step *s);
 void tk_heap_remove(tasker_coordinator *c, tk_step *s);
 /* Wakes whoever needs to learn about new ready steps / timers. */
 void tk_notify(tasker_coordinator *c);
+/* Earliest timer (retry, timeout or circuit) in monotonic ns; 0 if none. */
+int64_t tk_next_timer(tasker_coordinator *c);
 void tk_failure_free(tk_failure_rec *f);
 
 /* JSON of a task (run/task_json.c), lock held. */

@@ -85,7 +85,7 @@ char *tk_task_json(const tk_task *t)
         ms_between(t->created_at, t->finished_at), "steps", steps, "transitions", trans);
     if (!root)
         return NULL;
-    char *out = json_dumps(root, JSON_COMPACT);
+    char *out = json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(9));
     json_decref(root);
     return out;
 }

@@ -44,16 +44,29 @@ void tk_record(tk_task *t, int64_t at, int32_t step, uint8_t from, uint8_t to, t
     tr->attempt = attempt;
 }
 
+/* Every step state change goes through here: the audit trail, metrics,
+ * events and the handler's circuit all hang off it. */
 static void step_set(tk_step *s, uint8_t to, int64_t now, tk_reason r)
 {
-    tk_record(s->task, now, (int32_t)s->idx, s->state, to, r, s->attempts);
+    uint8_t from = s->state;
+    tk_record(s->task, now, (int32_t)s->idx, from, to, r, s->attempts);
     s->state = to;
+    tasker_coordinator *c = s->task->coord;
+    tk_obs_step(c, s, from, to, now, (int)r);
+    if (from == TASKER_STEP_IN_PROGRESS) {
+        tk_breaker *b = s->task->reg->handlers[s->idx]->breaker;
+        if (to == TASKER_STEP_CANCELLED || to == TASKER_STEP_ENQUEUED)
+            tk_breaker_release(b);
+        else if (c->breakers_on || b->state != TASKER_CIRCUIT_CLOSED)
+            tk_breaker_result(c, b, to == TASKER_STEP_COMPLETE, tk_mono_ns());
+    }
 }
 
 static void task_set(tk_task *t, uint8_t to, int64_t now, tk_reason r)
 {
     tk_record(t, now, -1, t->state, to, r, 0);
     t->state = to;
+    tk_obs_task(t->coord, t, to, now);
 }
 
 /* ---- ready queues -------------------------------------------------------- */
@@ -77,14 +90,14 @@ static void queue_push(tasker_coordinator *c, tk_step *s)
     b->tail = s;
     s->in_queue = (uint8_t)(qi + 1);
     c->q[qi].len++;
+    s->task->reg->nsobj->depth++;
     if (qi == TK_Q_WORKER)
         atomic_store_explicit(&c->worker_ready, c->q[qi].len, memory_order_relaxed);
 }
 
-void tk_queue_remove(tasker_coordinator *c, tk_step *s)
+/* Takes a queued step out of its bucket without touching the namespace's depth. */
+static void bucket_unlink(tasker_coordinator *c, tk_step *s)
 {
-    if (!s->in_queue)
-        return;
     int qi = s->in_queue - 1;
     tk_bucket *b = s->task->bucket[qi];
     if (s->q_prev)
@@ -102,16 +115,90 @@ void tk_queue_remove(tasker_coordinator *c, tk_step *s)
         atomic_store_explicit(&c->worker_ready, c->q[qi].len, memory_order_relaxed);
 }
 
+void tk_breaker_park(tk_breaker *b, tk_step *s)
+{
+    s->q_next = NULL;
+    s->q_prev = b->parked_tail;
+    if (b->parked_tail)
+        b->parked_tail->q_next = s;
+    else
+        b->parked_head = s;
+    b->parked_tail = s;
+    s->in_queue = TK_PARKED;
+}
+
+void tk_breaker_unlink(tk_breaker *b, tk_step *s)
+{
+    if (s->q_prev)
+        s->q_prev->q_next = s->q_next;
+    else
+        b->parked_head = s->q_next;
+    if (s->q_next)
+        s->q_next->q_prev = s->q_prev;
+    else
+        b->parked_tail = s->q_prev;
+    s->q_next = s->q_prev = NULL;
+    s->in_queue = 0;
+}
+
+/* Puts parked steps back at the head of their buckets, oldest first. */
+void tk_breaker_unpark_all(tasker_coordinator *c, tk_breaker *b)
+{
+    while (b->parked_tail) {
+        tk_step *s = b->parked_tail;
+        tk_breaker_unlink(b, s);
+        int qi = queue_of(s);
+        tk_bucket *bk = s->task->bucket[qi];
+        s->q_prev = NULL;
+        s->q_next = bk->head;
+        if (bk->head)
+            bk->head->q_prev = s;
+        else
+            bk->tail = s;
+        bk->head = s;
+        s->in_queue = (uint8_t)(qi + 1);
+        c->q[qi].len++;
+        if (qi == TK_Q_WORKER)
+            atomic_store_explicit(&c->worker_ready, c->q[qi].len, memory_order_relaxed);
+    }
+}
+
+void tk_queue_remove(tasker_coordinator *c, tk_step *s)
+{
+    if (!s->in_queue)
+        return;
+    if (s->in_queue == TK_PARKED)
+        tk_breaker_unlink(s->task->reg->handlers[s->idx]->breaker, s);
+    else
+        bucket_unlink(c, s);
+    s->task->reg->nsobj->depth--;
+}
+
+/* Pops the next step whose handler's circuit lets it through; steps held
+ * back by an open circuit are parked on it until it half-opens. */
 static tk_step *queue_pop(tasker_coordinator *c, int qi)
 {
-    if (c->q[qi].len == 0)
-        return NULL;
-    for (tk_bucket *b = c->q[qi].buckets; b; b = b->next) {
-        if (b->head) {
-            tk_step *s = b->head;
-            tk_queue_remove(c, s);
+    int64_t mono = 0;
+    while (c->q[qi].len) {
+        tk_bucket *b = c->q[qi].buckets;
+        while (b && !b->head)
+            b = b->next;
+        if (!b)
+            return NULL;
+        tk_step *s = b->head;
+        bucket_unlink(c, s);
+        tk_breaker *br = s->task->reg->handlers[s->idx]->breaker;
+        if (br->state == TASKER_CIRCUIT_CLOSED && br->mode == TASKER_CIRCUIT_AUTO) {
+            s->task->reg->nsobj->depth--;
             return s;
         }
+        if (!mono)
+            mono = tk_mono_ns();
+        if (tk_breaker_allow(c, br, mono)) {
+            s->task->reg->nsobj->depth--;
+            return s;
+        }
+        tk_breaker_park(br, s);
     }
     return NULL;
 }
@@ -391,6 +478,7 @@ int tk_complete(tasker_coordinator *c, struct tasker_step *cl, int ok, char *res
     }
     if (s->state != TASKER_STEP_IN_PROGRESS || cl->attempt != s->attempts) {
         claim_done(c, cl);
+        c->m_fenced++;
         return tk_err(TASKER_ESTALE, TASKER_CATEGORY_STATE,
                       json_pack("{s:s, s:s, s:i, s:i}", "task", t->uuid, "step",
                                 t->reg->tmpl->steps[s->idx].name, "attempt", cl->attempt,
@@ -744,14 +832,13 @@ int tk_task_create(tasker_coordinator *c, const tasker_task_request *req, char *
     t->state = TASKER_TASK_PENDING;
     int64_t now = tk_now_ns();
     tk_uuid_new_at(t->uuid_bytes, t->uuid, now);
-    uint8_t sb[16];
     for (uint32_t i = 0; i < tm->n_steps; i++) {
         tk_step *s = &t->steps[i];
         s->task = t;
         s->idx = i;
         s->remaining = tm->steps[i].n_deps;
         s->budget = tm->steps[i].opts.max_attempts;
-        tk_uuid_new_at(sb, s->uuid, now);
+        tk_uuid_new_at(s->uuid_bytes, s->uuid, now);
     }
     t->created_at = now;
     tk_record(t, now, -1, 255, TASKER_TASK_PENDING, TK_R_CREATED, 0);
@@ -776,6 +863,7 @@ int tk_task_create(tasker_coordinator *c, const tasker_task_request *req, char *
         HASH_ADD(hh, c->tasks, uuid_bytes, 16, t);
         if (t->idem_key)
             HASH_ADD_KEYPTR(ihh, c->by_key, t->idem_key, strlen(t->idem_key), t);
+        tk_obs_task_created(c, t, now);
         for (uint32_t i = 0; i < tm->n_roots; i++)
             tk_step_enqueue(c, &t->steps[tm->roots[i]], now, TK_R_DEPENDENCIES_MET);
         memcpy(uuid_out, t->uuid, TASKER_UUID_BUFSIZE);

@@ -1,0 +1,203 @@
+#include "obs/events.h"
+
+#include <string.h>
+#include <uuid/uuid.h>
+
+#include "core/alloc.h"
+#include "core/error.h"
+#include "run/engine.h"
+
+static const char *const circuit_names[] = {"closed", "open", "half_open"};
+
+void tk_event_push(struct tasker_subscription *sub, const tk_evrec *ev)
+{
+    size_t tail = atomic_load_explicit(&sub->tail, memory_order_relaxed);
+    size_t head = atomic_load_explicit(&sub->head, memory_order_acquire);
+    if (tail - head >= sub->cap) {
+        atomic_fetch_add_explicit(&sub->dropped, 1, memory_order_relaxed);
+        return;
+    }
+    sub->ring[tail & (sub->cap - 1)] = *ev;
+    atomic_store_explicit(&sub->tail, tail + 1, memory_order_seq_cst);
+    if (atomic_load_explicit(&sub->sleeping, memory_order_seq_cst)) {
+        pthread_mutex_lock(&sub->m);
+        pthread_cond_signal(&sub->cv);
+        pthread_mutex_unlock(&sub->m);
+    }
+}
+
+static void deliver(struct tasker_subscription *sub, const tk_evrec *r)
+{
+    char task_uuid[TASKER_UUID_BUFSIZE] = "", step_uuid[TASKER_UUID_BUFSIZE] = "";
+    tasker_event ev = {.version = TASKER_EVENT_VERSION, .type = r->type, .at_unix_ns = r->at,
+                       .task_uuid = task_uuid, .step_uuid = step_uuid, .ns = "",
+                       .template_name = "", .step_name = "", .handler = "",
+                       .attempt = r->attempt, .circuit = "", .circuit_state = ""};
+    if (r->reg) {
+        const tasker_template *t = r->reg->tmpl;
+        uuid_unparse_lower(r->task_uuid, task_uuid);
+        ev.ns = t->ns;
+        ev.template_name = t->name;
+        if (r->step >= 0) {
+            uuid_unparse_lower(r->step_uuid, step_uuid);
+            ev.step_name = t->steps[r->step].name;
+            ev.handler = t->steps[r->step].handler;
+        }
+    } else {
+        ev.circuit = r->circuit;
+        ev.ns = r->circuit_ns ? r->circuit_ns : "";
+        ev.circuit_state = circuit_names[r->circuit_state % 3];
+    }
+    sub->fn(&ev, sub->userdata);
+}
+
+static void *sub_main(void *arg)
+{
+    struct tasker_subscription *sub = arg;
+    for (;;) {
+        size_t head = atomic_load_explicit(&sub->head, memory_order_relaxed);
+        size_t tail = atomic_load_explicit(&sub->tail, memory_order_acquire);
+        if (head == tail) {
+            pthread_mutex_lock(&sub->m);
+            atomic_store_explicit(&sub->sleeping, 1, memory_order_seq_cst);
+            int stop = sub->stop;
+            if (atomic_load_explicit(&sub->tail, memory_order_seq_cst) == head && !stop)
+                pthread_cond_wait(&sub->cv, &sub->m);
+            atomic_store_explicit(&sub->sleeping, 0, memory_order_relaxed);
+            pthread_mutex_unlock(&sub->m);
+            if (stop && atomic_load_explicit(&sub->tail, memory_order_acquire) == head)
+                break;
+            continue;
+        }
+        for (; head != tail; head++) {
+            tk_evrec rec = sub->ring[head & (sub->cap - 1)];
+            atomic_store_explicit(&sub->head, head + 1, memory_order_release);
+            deliver(sub, &rec);
+            atomic_fetch_add_explicit(&sub->delivered, 1, memory_order_relaxed);
+        }
+    }
+    return NULL;
+}
+
+int tasker_subscribe(tasker_subscription **out, tasker_coordinator *c, uint32_t mask,
+                     size_t buffer_events, tasker_event_fn fn, void *userdata,
+                     void (*free_userdata)(void *))
+{
+    int rc = TASKER_OK;
+    struct tasker_subscription *sub = NULL;
+    if (out)
+        *out = NULL;
+    if (!out || !c || !fn) {
+        rc = tk_einval("tasker_subscribe: out, coordinator and fn must not be NULL");
+        goto fail;
+    }
+    if (mask == 0 || (mask & ~TASKER_EVENT_ALL)) {
+        rc = tk_einval("tasker_subscribe: mask 0x%x selects no known event (allowed bits 0x%x)",
+                       mask, TASKER_EVENT_ALL);
+        goto fail;
+    }
+    if (buffer_events == 0)
+        buffer_events = 65536;
+    if (buffer_events > ((size_t)1 << 24)) {
+        rc = tk_einval("tasker_subscribe: buffer_events %zu is more than 16777216",
+                       buffer_events);
+        goto fail;
+    }
+    size_t cap = 1;
+    while (cap < buffer_events)
+        cap <<= 1;
+    sub = tk_calloc(1, sizeof *sub);
+    if (!sub || !(sub->ring = tk_malloc(cap * sizeof *sub->ring))) {
+        rc = tk_enomem();
+        goto fail;
+    }
+    sub->coord = c;
+    sub->mask = mask;
+    sub->fn = fn;
+    sub->userdata = userdata;
+    sub->free_userdata = free_userdata;
+    sub->cap = cap;
+    pthread_mutex_init(&sub->m, NULL);
+    pthread_cond_init(&sub->cv, NULL);
+    if (pthread_create(&sub->thread, NULL, sub_main, sub) != 0) {
+        pthread_mutex_destroy(&sub->m);
+        pthread_cond_destroy(&sub->cv);
+        rc = tk_err(TASKER_EIO, TASKER_CATEGORY_INTERNAL, NULL,
+                    "tasker_subscribe: could not start the delivery thread");
+        goto fail;
+    }
+    pthread_mutex_lock(&c->lock);
+    sub->next = c->subs;
+    c->subs = sub;
+    c->event_mask |= mask;
+    pthread_mutex_unlock(&c->lock);
+    *out = sub;
+    return TASKER_OK;
+fail:
+    if (sub)
+        tk_free(sub->ring);
+    tk_free(sub);
+    if (free_userdata)
+        free_userdata(userdata);
+    return rc;
+}
+
+static void sub_stop_free(struct tasker_subscription *sub)
+{
+    pthread_mutex_lock(&sub->m);
+    sub->stop = 1;
+    pthread_cond_signal(&sub->cv);
+    pthread_mutex_unlock(&sub->m);
+    pthread_join(sub->thread, NULL);
+    if (sub->free_userdata)
+        sub->free_userdata(sub->userdata);
+    pthread_mutex_destroy(&sub->m);
+    pthread_cond_destroy(&sub->cv);
+    tk_free(sub->ring);
+    tk_free(sub);
+}
+
+int tasker_unsubscribe(tasker_subscription *sub)
+{
+    if (!sub)
+        return TASKER_OK;
+    tasker_coordinator *c = sub->coord;
+    pthread_mutex_lock(&c->lock);
+    uint32_t mask = 0;
+    for (struct tasker_subscription **pp = &c->subs; *pp;) {
+        if (*pp == sub)
+            *pp = sub->next;
+        else {
+            mask |= (*pp)->mask;
+            pp = &(*pp)->next;
+        }
+    }
+    c->event_mask = mask;
+    pthread_mutex_unlock(&c->lock);
+    sub_stop_free(sub);
+    return TASKER_OK;
+}
+
+void tk_events_close_all(tasker_coordinator *c)
+{
+    pthread_mutex_lock(&c->lock);
+    struct tasker_subscription *list = c->subs;
+    c->subs = NULL;
+    c->event_mask = 0;
+    pthread_mutex_unlock(&c->lock);
+    while (list) {
+        struct tasker_subscription *n = list->next;
+        sub_stop_free(list);
+        list = n;
+    }
+}
+
+uint64_t tasker_subscription_dropped(const tasker_subscription *sub)
+{
+    return sub ? atomic_load(&((tasker_subscription *)sub)->dropped) : 0;
+}
+
+uint64_t tasker_subscription_delivered(const tasker_subscription *sub)
+{
+    return sub ? atomic_load(&((tasker_subscription *)sub)->delivered) : 0;
+}

@@ -1,0 +1,52 @@
+/* Event subscriptions: a ring buffer per subscriber, filled under the
+ * coordinator's lock (so there is one producer at a time) and drained by the
+ * subscription's own thread. */
+#ifndef TASKER_OBS_EVENTS_H
+#define TASKER_OBS_EVENTS_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "tasker.h"
+
+struct tk_reg;
+
+typedef struct tk_evrec {
+    uint32_t type;
+    uint32_t attempt;
+    int64_t at;
+    const struct tk_reg *reg; /* NULL for circuit events */
+    int32_t step;             /* template index, -1 for task events */
+    uint8_t task_uuid[16];
+    uint8_t step_uuid[16];
+    const char *circuit;      /* circuit events */
+    const char *circuit_ns;
+    uint8_t circuit_state;
+} tk_evrec;
+
+struct tasker_subscription {
+    struct tasker_coordinator *coord;
+    struct tasker_subscription *next; /* coordinator's list, under its lock */
+    uint32_t mask;
+    tasker_event_fn fn;
+    void *userdata;
+    void (*free_userdata)(void *);
+    tk_evrec *ring;
+    size_t cap; /* a power of two */
+    atomic_size_t head, tail;
+    atomic_uint_fast64_t dropped, delivered;
+    atomic_int sleeping;
+    int stop;
+    pthread_mutex_t m;
+    pthread_cond_t cv;
+    pthread_t thread;
+};
+
+/* Producer side: called with the coordinator's lock held. */
+void tk_event_push(struct tasker_subscription *sub, const tk_evrec *ev);
+
+/* Stops and frees every subscription left (coordinator close). */
+void tk_events_close_all(struct tasker_coordinator *c);
+
+#endif
