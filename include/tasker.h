@@ -200,6 +200,15 @@ typedef struct tasker_step tasker_step;
  *   task.max_context_bytes    largest task context JSON (default 16777216)
  *   memory.retain_finished    finished tasks kept by the memory store before
  *                             the oldest are forgotten; 0 keeps all (default 0)
+ *   log.level                 off (default), error, warn, info, debug
+ *   log.sink                  stderr (default), stdout, or a file path (appended)
+ *   breaker.failure_threshold consecutive failures that open a circuit; 0 = off
+ *   breaker.failure_rate_percent  failure rate over the last breaker.window
+ *                             calls that opens a circuit (1..100); 0 = off
+ *   breaker.window            calls in the failure-rate window (default 20)
+ *   breaker.open_ms           time a circuit stays open (default 30000)
+ *   breaker.half_open_max     trial calls let through half-open (default 1)
+ *   breaker.success_threshold trial successes that close it again (default 1)
  *
  * A config is not thread-safe: build it on one thread, then pass it to
  * tasker_coordinator_open(), which copies what it needs.
@@ -624,6 +633,8 @@ typedef struct tasker_event {
     uint32_t attempt;
     const char *circuit;       /* circuit events: "handler:NAME" or "namespace:NAME"; else "" */
     const char *circuit_state; /* circuit events: "closed", "open", "half_open"; else "" */
+    const char *error_class;   /* STEP_FAILED and STEP_DEAD_LETTERED: the failure; else "" */
+    const char *error_message;
 } tasker_event;
 
 typedef void (*tasker_event_fn)(const tasker_event *event, void *userdata);
@@ -671,6 +682,36 @@ TASKER_API int tasker_metrics_text(char **text_out, tasker_coordinator *coord);
  * The caller frees it with tasker_free().  Thread-safe.
  */
 TASKER_API int tasker_health_json(char **json_out, tasker_coordinator *coord);
+
+/*
+ * Writes what an operator's status page shows, as JSON: {"tasks": {NS: {STATE:
+ * count}}, "recent_failures": [{"at", "task_uuid", "namespace", "template",
+ * "step", "attempt", "class", "message"}] (newest first, at most 50),
+ * "dead_letters": [{"task_uuid", "namespace", "template", "step", "attempts",
+ * "class", "message"}] (steps in error, at most 100), "circuits": {...}}.
+ * The caller frees it with tasker_free().  Thread-safe.
+ */
+TASKER_API int tasker_status_json(char **json_out, tasker_coordinator *coord);
+
+/* ------------------------------------------------------------------------ */
+/* HTTP endpoint                                                            */
+/* ------------------------------------------------------------------------ */
+
+typedef struct tasker_http tasker_http;
+
+/*
+ * Serves /health/live, /health/ready (503 when the store is unreachable),
+ * /metrics (Prometheus text), /status.json (tasker_status_json) and a
+ * read-only status page at / on `bind_address` (NULL: "127.0.0.1") and `port`
+ * (0: any free port; read it back with tasker_http_port).  Runs on its own
+ * thread.  Stop it with tasker_http_stop before closing the coordinator.
+ */
+TASKER_API int tasker_http_start(tasker_http **out, tasker_coordinator *coord,
+                                 const char *bind_address, int port);
+/* The port the endpoint listens on; 0 for NULL. */
+TASKER_API int tasker_http_port(const tasker_http *http);
+/* Stops the endpoint and frees it.  NULL is a no-op. */
+TASKER_API void tasker_http_stop(tasker_http *http);
 
 /* ------------------------------------------------------------------------ */
 /* Circuit breakers                                                         */

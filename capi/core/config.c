@@ -30,6 +30,8 @@ static const struct {
                                        1073741824, NULL},
     [TK_CFG_MEMORY_RETAIN_FINISHED] = {"memory.retain_finished", T_INT, NULL, 0, 0,
                                        1000000000, NULL},
+    [TK_CFG_LOG_LEVEL] = {"log.level", T_ENUM, "off", 0, 0, 0, "off|error|warn|info|debug"},
+    [TK_CFG_LOG_SINK] = {"log.sink", T_STR, "stderr", 0, 0, 0, NULL},
     [TK_CFG_BREAKER_FAILURE_THRESHOLD] = {"breaker.failure_threshold", T_INT, NULL, 0, 0,
                                           1000000, NULL},
     [TK_CFG_BREAKER_FAILURE_RATE_PERCENT] = {"breaker.failure_rate_percent", T_INT, NULL, 0, 0,

@@ -15,6 +15,8 @@ void tk_event_push(struct tasker_subscription *sub, const tk_evrec *ev)
     size_t head = atomic_load_explicit(&sub->head, memory_order_acquire);
     if (tail - head >= sub->cap) {
         atomic_fetch_add_explicit(&sub->dropped, 1, memory_order_relaxed);
+        tk_free(ev->err_class);
+        tk_free(ev->err_msg);
         return;
     }
     sub->ring[tail & (sub->cap - 1)] = *ev;
@@ -32,7 +34,9 @@ static void deliver(struct tasker_subscription *sub, const tk_evrec *r)
     tasker_event ev = {.version = TASKER_EVENT_VERSION, .type = r->type, .at_unix_ns = r->at,
                        .task_uuid = task_uuid, .step_uuid = step_uuid, .ns = "",
                        .template_name = "", .step_name = "", .handler = "",
-                       .attempt = r->attempt, .circuit = "", .circuit_state = ""};
+                       .attempt = r->attempt, .circuit = "", .circuit_state = "",
+                       .error_class = r->err_class ? r->err_class : "",
+                       .error_message = r->err_msg ? r->err_msg : ""};
     if (r->reg) {
         const tasker_template *t = r->reg->tmpl;
         uuid_unparse_lower(r->task_uuid, task_uuid);
@@ -73,6 +77,8 @@ static void *sub_main(void *arg)
             tk_evrec rec = sub->ring[head & (sub->cap - 1)];
             atomic_store_explicit(&sub->head, head + 1, memory_order_release);
             deliver(sub, &rec);
+            tk_free(rec.err_class);
+            tk_free(rec.err_msg);
             atomic_fetch_add_explicit(&sub->delivered, 1, memory_order_relaxed);
         }
     }
@@ -200,4 +206,16 @@ uint64_t tasker_subscription_dropped(const tasker_subscription *sub)
 uint64_t tasker_subscription_delivered(const tasker_subscription *sub)
 {
     return sub ? atomic_load(&((tasker_subscription *)sub)->delivered) : 0;
+}
+
+const char *tk_event_name(uint32_t type)
+{
+    static const char *const names[] = {
+        "task_created",  "step_enqueued",  "step_started",   "step_succeeded",
+        "step_failed",   "step_retry_scheduled", "step_dead_lettered", "step_cancelled",
+        "task_cancelled", "task_completed", "task_failed",    "circuit_changed"};
+    for (unsigned i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (type == (1u << i))
+            return names[i];
+    return "unknown";
 }

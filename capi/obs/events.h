@@ -23,6 +23,7 @@ typedef struct tk_evrec {
     const char *circuit;      /* circuit events */
     const char *circuit_ns;
     uint8_t circuit_state;
+    char *err_class, *err_msg; /* failure events: owned by the record */
 } tk_evrec;
 
 struct tasker_subscription {
@@ -43,8 +44,12 @@ struct tasker_subscription {
     pthread_t thread;
 };
 
-/* Producer side: called with the coordinator's lock held. */
+/* Producer side: called with the coordinator's lock held.  Takes the
+ * record's strings; frees them if the event is dropped. */
 void tk_event_push(struct tasker_subscription *sub, const tk_evrec *ev);
+
+/* Name of one event type bit ("step_failed"). */
+const char *tk_event_name(uint32_t type);
 
 /* Stops and frees every subscription left (coordinator close). */
 void tk_events_close_all(struct tasker_coordinator *c);

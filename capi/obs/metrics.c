@@ -71,9 +71,16 @@ static void emit(tasker_coordinator *c, uint32_t type, const tk_task *t, const t
         memcpy(r.step_uuid, s->uuid_bytes, 16);
     r.circuit = r.circuit_ns = NULL;
     r.circuit_state = 0;
-    for (struct tasker_subscription *sub = c->subs; sub; sub = sub->next)
-        if (sub->mask & type)
-            tk_event_push(sub, &r);
+    const tk_failure_rec *f = NULL;
+    if (s && (type & (TASKER_EVENT_STEP_FAILED | TASKER_EVENT_STEP_DEAD_LETTERED)))
+        f = s->failures_tail;
+    for (struct tasker_subscription *sub = c->subs; sub; sub = sub->next) {
+        if (!(sub->mask & type))
+            continue;
+        r.err_class = f ? tk_strdup(f->error_class) : NULL;
+        r.err_msg = f ? tk_strdup(f->message) : NULL;
+        tk_event_push(sub, &r);
+    }
 }
 
 void tk_obs_step(tasker_coordinator *c, tk_step *s, uint8_t from, uint8_t to, int64_t now,

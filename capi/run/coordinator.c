@@ -12,6 +12,7 @@
 #include "core/clock.h"
 #include "core/error.h"
 #include "core/uuid.h"
+#include "obs/log.h"
 #include "run/engine.h"
 
 int tk_task_cancel_locked(tasker_coordinator *c, tk_task *t);
@@ -116,6 +117,10 @@ int tasker_coordinator_open(tasker_coordinator **out, const tasker_config *cfg)
         free_all(c);
         return rc;
     }
+    if ((rc = tk_log_open(c)) != TASKER_OK) {
+        tasker_coordinator_close(c);
+        return rc;
+    }
     *out = c;
     return TASKER_OK;
 }
@@ -159,6 +164,7 @@ static void free_all(tasker_coordinator *c)
         }
     }
     tk_nsobj_free_all(c);
+    tk_status_free(c);
     while (c->breakers) {
         tk_breaker *b = c->breakers->next_all;
         tk_breaker_free(c->breakers);

@@ -20,6 +20,7 @@
 #include "obs/breaker.h"
 #include "obs/events.h"
 #include "obs/metrics.h"
+#include "obs/status.h"
 #include "store/postgres.h"
 #include "tasker.h"
 
@@ -62,6 +63,7 @@ struct tasker_step {
     uint8_t done;
 };
 
+struct tk_failure_rec;
 typedef struct tk_failure_rec {
     struct tk_failure_rec *next;
     uint32_t attempt;
@@ -184,6 +186,8 @@ struct tasker_coordinator {
     struct tasker_subscription *subs;
     uint32_t event_mask; /* union of the subscriptions' masks */
     uint64_t m_fenced, m_store_errors;
+    tk_recent_failure recent[TK_RECENT_FAILURES];
+    size_t recent_pos, recent_n;
 
     int epfd, evfd, tfd;
     int ev_armed;          /* eventfd holds a count */

@@ -436,6 +436,7 @@ static void attempt_failed(tasker_coordinator *c, tk_step *s, tk_failure_rec *fa
         else
             s->failures = failure;
         s->failures_tail = failure;
+        tk_status_record_failure(c, s, failure);
     }
     const tasker_step_options *o = &t->reg->tmpl->steps[s->idx].opts;
     if (retryable && s->attempts < s->budget) {
