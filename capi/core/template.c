@@ -114,6 +114,8 @@ int tasker_template_new(tasker_template **out, const char *ns, const char *name,
     if (!out)
         return tk_einval("tasker_template_new: out is NULL");
     *out = NULL;
+    if (!ns || !name)
+        return tk_einval("tasker_template_new: namespace and name must not be NULL");
     if (!version)
         version = "1";
     const char *why;
@@ -152,6 +154,8 @@ int tasker_template_add_step(tasker_template *t, const char *name, const char *h
     if (t->finalized)
         return tk_err(TASKER_ESTATE, TASKER_CATEGORY_STATE, NULL,
                       "tasker_template_add_step: template is registered and read-only");
+    if (!name)
+        return tk_einval("tasker_template_add_step: step name is NULL");
     if (n_deps && !depends_on)
         return tk_einval("tasker_template_add_step: depends_on is NULL but n_deps is %zu", n_deps);
     if (!handler)
@@ -171,6 +175,9 @@ int tasker_template_add_step(tasker_template *t, const char *name, const char *h
         return terr(json_pack("{s:s, s:s}", "reason", "too_many_dependencies", "step", name),
                     "step '%s' lists too many dependencies%s", name, NULL);
     for (size_t i = 0; i < n_deps; i++) {
+        if (!depends_on[i])
+            return tk_einval("tasker_template_add_step: step '%s': depends_on[%zu] is NULL", name,
+                             i);
         if ((why = tk_name_problem(depends_on[i], 1)))
             return terr(json_pack("{s:s, s:s}", "reason", "bad_name", "step", name),
                         "step '%s': a dependency name %s", name, why);

@@ -128,11 +128,11 @@ int tasker_coordinator_open(tasker_coordinator **out, const tasker_config *cfg)
 static void free_all(tasker_coordinator *c)
 {
     tk_task *t, *tmp;
+    HASH_CLEAR(ihh, c->by_key);
     HASH_ITER(hh, c->tasks, t, tmp) {
         HASH_DELETE(hh, c->tasks, t);
         tk_task_free(t);
     }
-    HASH_CLEAR(ihh, c->by_key);
     tk_free_tasks(c->graveyard);
     tk_reg *r, *rtmp;
     HASH_ITER(hh, c->templates, r, rtmp) {
@@ -638,10 +638,10 @@ static void *worker_main(void *arg)
             continue;
         }
         /* Share the queue with the other workers rather than taking it all. */
-        size_t want = len / c->n_threads + 1;
+        size_t want = (len + c->n_threads - 1) / c->n_threads;
         if (want > WORKER_BATCH)
             want = WORKER_BATCH;
-        size_t n = tk_claim_batch(c, TK_Q_WORKER, batch, want, tk_now_ns());
+        size_t n = tk_claim_batch(c, TK_Q_WORKER, batch, want, tk_now_ns(), NULL);
         if (c->q[TK_Q_WORKER].len && c->idle_workers)
             pthread_cond_signal(&c->work_cv);
         pthread_mutex_unlock(&c->lock);
@@ -670,7 +670,7 @@ int tasker_coordinator_start(tasker_coordinator *c, unsigned n_threads)
     if (c->pg)
         return tk_pg_start(c->pg, n_threads);
     pthread_mutex_lock(&c->lock);
-    int rc = TASKER_OK;
+    int rc = TASKER_OK, created = 0;
     if (c->closed)
         rc = tk_err(TASKER_ECLOSED, TASKER_CATEGORY_STATE, NULL, "coordinator is closed");
     else if (c->threads)
@@ -678,7 +678,9 @@ int tasker_coordinator_start(tasker_coordinator *c, unsigned n_threads)
                     "worker threads are already running (%u)", c->n_threads);
     else if (!(c->threads = tk_calloc(n_threads, sizeof *c->threads)))
         rc = tk_enomem();
-    if (rc == TASKER_OK) {
+    else
+        created = 1;
+    if (created) {
         c->stopping = 0;
         atomic_store(&c->stop_flag, 0);
         c->n_threads = 0;
@@ -692,8 +694,12 @@ int tasker_coordinator_start(tasker_coordinator *c, unsigned n_threads)
         }
     }
     pthread_mutex_unlock(&c->lock);
-    if (rc && c->threads && !c->closed)
+    if (rc && created) {
+        /* Keep the error of the failed start, not the stop's. */
         tasker_coordinator_stop(c, 0);
+        rc = tk_err(TASKER_EIO, TASKER_CATEGORY_INTERNAL, NULL,
+                    "could not start %u worker threads", n_threads);
+    }
     return rc;
 }
 
@@ -821,9 +827,14 @@ int tasker_coordinator_claim(tasker_step **steps_out, size_t *n_out, tasker_coor
         tk_promote_due(c, mono);
         tk_breaker_tick(c, mono);
     }
-    if (!c->stopping && max)
-        *n_out = tk_claim_batch(c, TK_Q_POLL, steps_out, max, tk_now_ns());
+    int rc = TASKER_OK;
+    if (!c->stopping && max) {
+        int oom = 0;
+        *n_out = tk_claim_batch(c, TK_Q_POLL, steps_out, max, tk_now_ns(), &oom);
+        if (*n_out == 0 && oom)
+            rc = tk_enomem();
+    }
     tk_notify(c);
     pthread_mutex_unlock(&c->lock);
-    return TASKER_OK;
+    return rc;
 }

@@ -202,7 +202,8 @@ void tk_record(tk_task *t, int64_t at, int32_t step, uint8_t from, uint8_t to, t
 /* Makes a pending/waiting/error step ready and queues it. */
 void tk_step_enqueue(tasker_coordinator *c, tk_step *s, int64_t now, tk_reason r);
 /* Pops up to `max` steps from queue `qi` into claims; returns how many. */
-size_t tk_claim_batch(tasker_coordinator *c, int qi, tasker_step **out, size_t max, int64_t now);
+size_t tk_claim_batch(tasker_coordinator *c, int qi, tasker_step **out, size_t max, int64_t now,
+                      int *oom);
 /* Moves retries that are due into the ready queues. Returns how many. */
 size_t tk_promote_due(tasker_coordinator *c, int64_t mono_now);
 /* Finishes a claimed attempt.  `ok` succeed, else fail with `f`. */

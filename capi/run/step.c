@@ -278,6 +278,9 @@ int tasker_step_fail(tasker_step *step, const tasker_failure *failure)
                          failure->version, TASKER_FAILURE_VERSION);
     if (step->view)
         return tk_pg_step_complete(step, 0, NULL, 0, failure);
+    if (failure->retry_after_ms < -1)
+        return tk_einval("tasker_step_fail: retry_after_ms is %lld; use -1 for none or a delay >= 0",
+                         (long long)failure->retry_after_ms);
     if (failure->context_json) {
         json_error_t jerr;
         json_t *j = json_loads(failure->context_json, 0, &jerr);

@@ -347,7 +347,8 @@ void tk_step_enqueue(tasker_coordinator *c, tk_step *s, int64_t now, tk_reason r
     queue_push(c, s);
 }
 
-size_t tk_claim_batch(tasker_coordinator *c, int qi, tasker_step **out, size_t max, int64_t now)
+size_t tk_claim_batch(tasker_coordinator *c, int qi, tasker_step **out, size_t max, int64_t now,
+                      int *oom)
 {
     size_t n = 0;
     int64_t mono = 0;
@@ -359,7 +360,9 @@ size_t tk_claim_batch(tasker_coordinator *c, int qi, tasker_step **out, size_t m
         if (s->attempts == 0) {
             cl = &s->claim0;
         } else if (!(cl = tk_calloc(1, sizeof *cl))) {
-            queue_push(c, s); /* back where it was, at the tail: fine under memory pressure */
+            queue_push(c, s); /* back in the queue, at the tail: fine under memory pressure */
+            if (oom)
+                *oom = 1;
             break;
         }
         tk_task *t = s->task;

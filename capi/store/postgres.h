@@ -59,4 +59,28 @@ int tk_pg_claim(tk_pg *pg, tasker_step **steps_out, size_t *n_out, size_t max);
 int tk_pg_step_complete(tasker_step *step, int ok, const char *result, size_t len,
                         const tasker_failure *failure);
 
+/*
+ * Internal tuning for tests and benchmarks (no config keys yet; see
+ * notes/postgres-requests.md).  Fields <= 0 (async_complete < 0) keep the
+ * current value.
+ *   lease_ms        lease of a claimed step, renewed every lease_ms/3 (30000)
+ *   poll_ms         fallback poll interval when no notification comes (1000)
+ *   claim_batch     most steps one claim takes (64)
+ *   flush_max       most completions recorded in one transaction (256)
+ *   async_complete  1: tasker_step_succeed/fail return before the flush
+ *                   (refusals are only counted); 0: they wait (default)
+ */
+typedef struct tk_pg_tuning {
+    int lease_ms, poll_ms, claim_batch, flush_max, async_complete;
+} tk_pg_tuning;
+int tk_pg_tune(tasker_coordinator *coord, const tk_pg_tuning *t);
+
+/* Counters of this process's store. */
+typedef struct tk_pg_stat {
+    int worker_id;        /* tasker.workers id of this coordinator */
+    unsigned long fenced; /* completions refused because the lease was lost */
+    unsigned long completed, claimed;
+} tk_pg_stat;
+int tk_pg_stats(tasker_coordinator *coord, tk_pg_stat *out);
+
 #endif

@@ -1,0 +1,21 @@
+# Writes OUT: a C file holding every migration in FILES ('|'-separated,
+# sorted) as a byte array, with its number and name taken from the file name
+# (NNNN_name.sql).  Run at build time so an edited migration is re-embedded.
+string(REPLACE "|" ";" files "${FILES}")
+set(body "/* Generated from the files in sql/ by capi/cli/embed_sql.cmake; do not edit. */\n#include \"migrate.h\"\n\n")
+set(table "")
+set(i 0)
+foreach(f IN LISTS files)
+  get_filename_component(base "${f}" NAME_WE)
+  string(REGEX MATCH "^([0-9]+)_(.*)$" m "${base}")
+  set(num "${CMAKE_MATCH_1}")
+  set(name "${CMAKE_MATCH_2}")
+  math(EXPR num "${num} + 0")
+  file(READ "${f}" hex HEX)
+  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," hex "${hex}")
+  string(APPEND body "static const char sql_${i}[] = {${hex}0x00};\n")
+  string(APPEND table "    {${num}, \"${name}\", sql_${i}},\n")
+  math(EXPR i "${i} + 1")
+endforeach()
+string(APPEND body "\nconst tk_migration tk_migrations[] = {\n${table}};\nconst size_t tk_n_migrations = ${i};\n")
+file(WRITE "${OUT}" "${body}")

@@ -1,0 +1,378 @@
+/*
+ * Postgres store: completions.  tasker_step_succeed/fail queue the
+ * attempt's outcome; a flusher thread records everything queued in one
+ * call of tasker.complete_steps (one transaction, each entry atomic and
+ * fenced by its lease), then hands each caller its own status.  Many
+ * completions share a commit, which is what makes synchronous_commit
+ * affordable.
+ *
+ * By default the completing thread waits for its entry's status, so the
+ * return code is exact (TASKER_ESTALE for a lost lease, TASKER_ESTATE for a
+ * cancelled step).  With async_complete (tk_pg_tune) it returns once the
+ * local checks pass; refusals are then only counted.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/error.h"
+#include "store/pg_internal.h"
+
+enum { ST_OK = 0, ST_STALE = 1, ST_CANCELLED = 2 };
+
+static int status_error(const tk_pgclaim *cl, int status)
+{
+    const tk_claim_view *v = &cl->view;
+    switch (status) {
+    case ST_OK:
+        return TASKER_OK;
+    case ST_STALE:
+        return tk_err(TASKER_ESTALE, TASKER_CATEGORY_STATE,
+                      json_pack("{s:s, s:s, s:i}", "task", v->task_uuid, "step", v->name,
+                                "attempt", (int)cl->base.attempt),
+                      "step '%s' attempt %u no longer holds its lease; completion refused",
+                      v->name, cl->base.attempt);
+    case ST_CANCELLED:
+        return tk_err(TASKER_ESTATE, TASKER_CATEGORY_STATE,
+                      json_pack("{s:s, s:s, s:s}", "task", v->task_uuid, "step", v->name,
+                                "state", "cancelled"),
+                      "step '%s' was cancelled; its result is discarded", v->name);
+    default:
+        return tk_err(status, TASKER_CATEGORY_DATABASE,
+                      json_pack("{s:s, s:s}", "task", v->task_uuid, "step", v->name),
+                      "step '%s': recording the completion failed (the step runs again when "
+                      "its lease expires): %s",
+                      v->name, cl->err ? cl->err : "database error");
+    }
+}
+
+/* Marks a claim finished and drops the store's hold (lock held); returns a
+ * claim to free after unlocking, or NULL. */
+static tk_pgclaim *finish_locked(tk_pg *pg, tk_pgclaim *cl)
+{
+    cl->state = TK_CL_FINISHED;
+    if (pg->n_out)
+        pg->n_out--;
+    pthread_cond_broadcast(&pg->drain_cv);
+    return tk_pg_unpin_locked(pg, cl, TK_PIN_HELD);
+}
+
+int tk_pg_step_complete(tasker_step *step, int ok, const char *result, size_t len,
+                        const tasker_failure *failure)
+{
+    tk_pgclaim *cl = (tk_pgclaim *)(void *)step;
+    tk_pg *pg = cl->pg;
+    char *res = NULL, *cls = NULL, *msg = NULL, *ctx = NULL;
+    /* Inputs are checked before anything changes: a malformed result
+     * leaves the step in progress. */
+    if (ok) {
+        if (result && len && !(len == 4 && !memcmp(result, "null", 4))) {
+            json_error_t jerr;
+            json_t *j = json_loadb(result, len, JSON_DECODE_ANY, &jerr);
+            if (!j)
+                return tk_err(TASKER_EINVAL, TASKER_CATEGORY_ARGUMENT,
+                              json_pack("{s:s, s:s}", "step", cl->view.name, "message", jerr.text),
+                              "step '%s': result is not valid JSON: %s", cl->view.name,
+                              jerr.text);
+            json_decref(j);
+            if (!(res = tk_strndup(result, len)))
+                return tk_enomem();
+        }
+    } else {
+        if (failure->context_json) {
+            json_t *j = json_loads(failure->context_json, 0, NULL);
+            int is_obj = json_is_object(j);
+            json_decref(j);
+            if (!is_obj)
+                return tk_einval("tasker_step_fail: context_json must be a JSON object");
+        }
+        cls = tk_strdup(failure->error_class ? failure->error_class : "Error");
+        msg = tk_strdup(failure->message ? failure->message : "");
+        ctx = failure->context_json ? tk_strdup(failure->context_json) : NULL;
+        if (!cls || !msg || (failure->context_json && !ctx)) {
+            tk_free(cls);
+            tk_free(msg);
+            tk_free(ctx);
+            return tk_enomem();
+        }
+    }
+
+    int rc = TASKER_OK;
+    tk_pgclaim *gone = NULL;
+    pthread_mutex_lock(&pg->mu);
+    if (cl->base.done) {
+        rc = tk_err(TASKER_ESTATE, TASKER_CATEGORY_STATE,
+                    json_pack("{s:s, s:s, s:i}", "task", cl->view.task_uuid, "step",
+                              cl->view.name, "attempt", (int)cl->base.attempt),
+                    "step '%s' attempt %u was already completed", cl->view.name,
+                    cl->base.attempt);
+    } else if (pg->closed) {
+        cl->base.done = 1;
+        gone = finish_locked(pg, cl);
+        rc = tk_err(TASKER_ECLOSED, TASKER_CATEGORY_STATE, NULL,
+                    "coordinator was closed; the step's result is discarded");
+    } else if (cl->lost || tk_mono_ns() >= cl->deadline_mono) {
+        /* The lease is known to be gone: no round trip needed. */
+        cl->base.done = 1;
+        atomic_fetch_add(&pg->n_fenced, 1);
+        gone = finish_locked(pg, cl);
+        rc = status_error(cl, ST_STALE);
+    } else {
+        cl->base.done = 1;
+        cl->ok = (uint8_t)(ok != 0);
+        cl->result = res;
+        cl->f_class = cls;
+        cl->f_message = msg;
+        cl->f_context = ctx;
+        cl->f_retryable = (uint8_t)(!ok && failure->retryable != 0);
+        cl->f_after = ok ? -1 : failure->retry_after_ms;
+        res = cls = msg = ctx = NULL;
+        cl->state = TK_CL_FLUSHING;
+        cl->qnext = NULL;
+        if (pg->fq_tail)
+            pg->fq_tail->qnext = cl;
+        else
+            pg->fq_head = cl;
+        pg->fq_tail = cl;
+        pg->n_fq++;
+        pthread_cond_signal(&pg->flush_cv);
+        if (!pg->async_complete) {
+            cl->pins |= TK_PIN_WAITER;
+            while (cl->state != TK_CL_FINISHED)
+                pthread_cond_wait(&pg->flushed_cv, &pg->mu);
+            int status = cl->status;
+            if (status != ST_OK) {
+                /* status_error reads the claim: keep it pinned until then. */
+                pthread_mutex_unlock(&pg->mu);
+                rc = status_error(cl, status);
+                pthread_mutex_lock(&pg->mu);
+            }
+            gone = tk_pg_unpin_locked(pg, cl, TK_PIN_WAITER);
+        }
+    }
+    pthread_mutex_unlock(&pg->mu);
+    tk_free(res);
+    tk_free(cls);
+    tk_free(msg);
+    tk_free(ctx);
+    tk_pg_claim_free(gone);
+    return rc;
+}
+
+/* ---- the flusher ------------------------------------------------------------- */
+
+typedef struct arrays {
+    tk_buf b[10];
+} arrays;
+
+static int build(arrays *a, tk_pgclaim **cls, size_t n)
+{
+    for (int k = 0; k < 10; k++) {
+        tk_buf_init(&a->b[k]);
+        tk_buf_add(&a->b[k], "{", 1);
+    }
+    for (size_t i = 0; i < n; i++) {
+        const tk_pgclaim *cl = cls[i];
+        const char *sep = i ? "," : "";
+        tk_buf_addf(&a->b[0], "%s%lld", sep, (long long)cl->task_id);
+        tk_buf_addf(&a->b[1], "%s%d", sep, (int)cl->idx);
+        tk_buf_addf(&a->b[2], "%s%u", sep, cl->base.attempt);
+        tk_buf_addf(&a->b[3], "%s%s", sep, cl->ok ? "t" : "f");
+        tk_buf_elem(&a->b[4], cl->result, i == 0);
+        tk_buf_elem(&a->b[5], cl->f_class, i == 0);
+        tk_buf_elem(&a->b[6], cl->f_message, i == 0);
+        tk_buf_addf(&a->b[7], "%s%s", sep, cl->f_retryable ? "t" : "f");
+        tk_buf_addf(&a->b[8], "%s%lld", sep, (long long)cl->f_after);
+        tk_buf_elem(&a->b[9], cl->f_context, i == 0);
+    }
+    int oom = 0;
+    for (int k = 0; k < 10; k++) {
+        tk_buf_add(&a->b[k], "}", 1);
+        oom |= a->b[k].oom;
+    }
+    return oom ? -1 : 0;
+}
+
+static void arrays_free(arrays *a)
+{
+    for (int k = 0; k < 10; k++)
+        tk_buf_free(&a->b[k]);
+}
+
+/* Records `n` completions; writes each one's status.  Transient failures
+ * (connection lost, deadlock) are retried: the function recognises entries
+ * an earlier, interrupted attempt already recorded. */
+static void flush_batch(tk_pg *pg, tk_pgconn **cp, tk_pgclaim **cls, size_t n, int *status,
+                        char **err)
+{
+    *err = NULL;
+    arrays a;
+    if (build(&a, cls, n) < 0) {
+        arrays_free(&a);
+        for (size_t i = 0; i < n; i++)
+            status[i] = TASKER_ENOMEM;
+        *err = tk_strdup("out of memory");
+        return;
+    }
+    char worker[16];
+    snprintf(worker, sizeof worker, "%d", pg->worker_id);
+    const char *vals[11] = {worker};
+    for (int k = 0; k < 10; k++)
+        vals[k + 1] = a.b[k].p;
+    PGresult *r = NULL;
+    unsigned backoff = 0;
+    for (int attempt = 0; attempt < 20; attempt++) {
+        int transient = 0;
+        if (!*cp && tk_pg_connect(pg, cp) != TASKER_OK) {
+            *cp = NULL;
+            transient = 1;
+        } else {
+            r = tk_pg_run(pg, *cp, TK_PS_COMPLETE, 11, vals, &transient);
+            if (r)
+                break;
+            if (PQstatus((*cp)->conn) != CONNECTION_OK) {
+                tk_pg_disconnect(*cp);
+                *cp = NULL;
+            }
+        }
+        if (!transient)
+            break;
+        /* While closing, give up sooner: the leases will expire. */
+        pthread_mutex_lock(&pg->mu);
+        int quitting = pg->flush_quit;
+        pthread_mutex_unlock(&pg->mu);
+        if (quitting && attempt >= 3)
+            break;
+        static const int never = 0;
+        backoff = tk_pg_backoff_sleep(pg, backoff, &never);
+    }
+    if (r) {
+        for (size_t i = 0; i < n; i++)
+            status[i] = ST_STALE;
+        for (int row = 0; row < PQntuples(r); row++) {
+            long ord = strtol(PQgetvalue(r, row, 0), NULL, 10);
+            if (ord >= 1 && (size_t)ord <= n)
+                status[ord - 1] = atoi(PQgetvalue(r, row, 1));
+        }
+        PQclear(r);
+    } else {
+        const tasker_error *e = tasker_error_last();
+        for (size_t i = 0; i < n; i++)
+            status[i] = e->code ? e->code : TASKER_EDATABASE;
+        *err = tk_strdup(e->message);
+    }
+    arrays_free(&a);
+}
+
+static void *flusher_main(void *arg)
+{
+    tk_pg *pg = arg;
+    tk_pgconn *c = NULL;
+    size_t cap = 0;
+    tk_pgclaim **cls = NULL;
+    int *status = NULL;
+    pthread_mutex_lock(&pg->mu);
+    for (;;) {
+        while (!pg->fq_head && !pg->flush_quit)
+            pthread_cond_wait(&pg->flush_cv, &pg->mu);
+        if (!pg->fq_head)
+            break;
+        size_t max = (size_t)pg->flush_max;
+        if (cap < max) {
+            tk_pgclaim **nc = tk_realloc(cls, max * sizeof *nc);
+            int *ns = nc ? tk_realloc(status, max * sizeof *ns) : NULL;
+            if (nc)
+                cls = nc;
+            if (ns)
+                status = ns;
+            if (nc && ns)
+                cap = max;
+        }
+        size_t n = 0;
+        while (pg->fq_head && n < cap) {
+            tk_pgclaim *cl = pg->fq_head;
+            pg->fq_head = cl->qnext;
+            cl->qnext = NULL;
+            cls[n++] = cl;
+        }
+        if (!pg->fq_head)
+            pg->fq_tail = NULL;
+        pg->n_fq -= n;
+        if (n == 0) {
+            /* No memory for the batch array: fail the first entry. */
+            tk_pgclaim *cl = pg->fq_head;
+            pg->fq_head = cl->qnext;
+            if (!pg->fq_head)
+                pg->fq_tail = NULL;
+            pg->n_fq--;
+            cl->status = TASKER_ENOMEM;
+            tk_pgclaim *g = finish_locked(pg, cl);
+            pthread_cond_broadcast(&pg->flushed_cv);
+            pthread_mutex_unlock(&pg->mu);
+            tk_pg_claim_free(g);
+            pthread_mutex_lock(&pg->mu);
+            continue;
+        }
+        pthread_mutex_unlock(&pg->mu);
+
+        char *err = NULL;
+        flush_batch(pg, &c, cls, n, status, &err);
+
+        tk_pgclaim *gone = NULL;
+        size_t done = 0, fenced = 0;
+        pthread_mutex_lock(&pg->mu);
+        for (size_t i = 0; i < n; i++) {
+            tk_pgclaim *cl = cls[i];
+            cl->status = status[i];
+            if (status[i] < 0 && err)
+                cl->err = tk_strdup(err);
+            done += status[i] == ST_OK;
+            fenced += status[i] == ST_STALE;
+            tk_pgclaim *g = finish_locked(pg, cl);
+            if (g) {
+                g->qnext = gone;
+                gone = g;
+            }
+        }
+        pthread_cond_broadcast(&pg->flushed_cv);
+        pthread_mutex_unlock(&pg->mu);
+        atomic_fetch_add(&pg->n_completed, done);
+        atomic_fetch_add(&pg->n_fenced, fenced);
+        tk_free(err);
+        while (gone) {
+            tk_pgclaim *nx = gone->qnext;
+            tk_pg_claim_free(gone);
+            gone = nx;
+        }
+        pthread_mutex_lock(&pg->mu);
+    }
+    pthread_mutex_unlock(&pg->mu);
+    tk_free(cls);
+    tk_free(status);
+    tk_pg_disconnect(c);
+    return NULL;
+}
+
+int tk_pg_flusher_start(tk_pg *pg)
+{
+    pg->flush_quit = 0;
+    if (pthread_create(&pg->flusher, NULL, flusher_main, pg) != 0)
+        return tk_err(TASKER_EIO, TASKER_CATEGORY_INTERNAL, NULL,
+                      "could not start the completion flusher thread");
+    pg->flusher_on = 1;
+    return TASKER_OK;
+}
+
+void tk_pg_flusher_stop(tk_pg *pg)
+{
+    pthread_mutex_lock(&pg->mu);
+    int on = pg->flusher_on;
+    pg->flush_quit = 1;
+    pg->flusher_on = 0;
+    pthread_cond_broadcast(&pg->flush_cv);
+    pthread_mutex_unlock(&pg->mu);
+    if (on)
+        pthread_join(pg->flusher, NULL);
+}

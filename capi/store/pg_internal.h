@@ -1,0 +1,263 @@
+/*
+ * Internals of the postgres store (store/postgres.c and store/pg_*.c).
+ *
+ * Threads of one store:
+ *   listener   LISTENs for 'tasker_ready' / 'tasker_done' and wakes the
+ *              claimer, the poll-mode descriptor and tasker_task_wait.
+ *   claimer    claims batches for handlers with a callback into a local
+ *              queue (worker mode only).
+ *   workers    run those handlers.
+ *   flusher    records queued completions, many per transaction.
+ *   heartbeat  renews the leases of claimed steps not yet completed.
+ * Each thread has its own connection; calls from application threads
+ * (task create/get/cancel..., poll-mode claims) borrow one from a pool.
+ *
+ * One mutex (pg->mu) protects every field marked [mu] and every claim's
+ * bookkeeping; it is never held during a database round trip or while a
+ * handler runs.
+ */
+#ifndef TASKER_STORE_PG_INTERNAL_H
+#define TASKER_STORE_PG_INTERNAL_H
+
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "run/engine.h" /* struct tasker_step */
+#include "store/postgres.h"
+
+/* The schema version this library needs (sql/NNNN_*.sql). */
+#define TK_PG_SCHEMA_VERSION 4
+
+#define TK_PG_POOL_MAX 4
+#define TK_PG_RETAIN_MAX 4096 /* finished handles kept readable */
+
+/* Prepared statements, prepared on a connection the first time it runs them. */
+typedef enum tk_ps {
+    TK_PS_CLAIM,
+    TK_PS_COMPLETE,
+    TK_PS_HEARTBEAT,
+    TK_PS_RELEASE,
+    TK_PS_NEXT_DUE,
+    TK_PS_CREATE,
+    TK_PS_TASK_STATE,
+    TK_PS_TASK_JSON,
+    TK_PS_CANCEL,
+    TK_PS_RETRY,
+    TK_PS_RESOLVE,
+    TK_PS_FORGET,
+    TK_PS_COUNT
+} tk_ps;
+
+typedef struct tk_pgconn {
+    PGconn *conn;
+    uint32_t prepared; /* bit i: statement i is prepared on this connection */
+} tk_pgconn;
+
+/* Lifecycle of a claim. */
+enum {
+    TK_CL_QUEUED = 0, /* in the local queue, no handler has it yet */
+    TK_CL_RUNNING,    /* given to a handler or a poll-mode caller */
+    TK_CL_FLUSHING,   /* completion queued for the flusher */
+    TK_CL_FINISHED    /* recorded, refused, or released */
+};
+
+/* One claimed attempt.  The handle handlers see is `base` (first member). */
+typedef struct tk_pgclaim {
+    struct tasker_step base;
+    tk_claim_view view;
+    struct tk_pg *pg;
+    struct tk_pgclaim *prev, *next; /* held list [mu] */
+    struct tk_pgclaim *qnext;       /* local queue, flush queue or retained list [mu] */
+    int64_t task_id;
+    int32_t idx;
+    int64_t deadline_mono; /* local lease expiry (ns), never later than the database's [mu] */
+    uint8_t state;         /* TK_CL_* [mu] */
+    uint8_t lost;          /* heartbeat found the lease gone [mu] */
+    uint8_t poll;          /* claimed in poll mode */
+    uint8_t waiter;        /* a completing thread waits for the flush result [mu] */
+    unsigned pins;         /* reasons the claim must not be retired [mu] */
+    /* The completion request, valid in TK_CL_FLUSHING. */
+    uint8_t ok;
+    uint8_t f_retryable;
+    int64_t f_after;
+    char *result; /* JSON text or NULL */
+    char *f_class, *f_message, *f_context;
+    int status; /* result of the flush: 0, 1 stale, 2 cancelled, <0 TASKER_E* */
+    char *err;  /* the flusher's error message when status < 0 */
+    char *mem;  /* the view's strings */
+} tk_pgclaim;
+
+/* A thread in tasker_task_wait. */
+typedef struct tk_pgwaiter {
+    struct tk_pgwaiter *next;
+    char uuid[TASKER_UUID_BUFSIZE];
+    int signaled;
+} tk_pgwaiter;
+
+struct tk_pg {
+    tasker_coordinator *coord; /* NULL once closed */
+    char *conninfo;
+    char *target;   /* "user@host:port/db" for messages: never the password */
+    char *password; /* scrubbed from any message we pass on; NULL if none */
+    int worker_id;  /* tasker.workers row of this store */
+
+    /* tuning (see tk_pg_tune) */
+    int lease_ms, poll_ms, claim_batch, flush_max, async_complete;
+
+    pthread_mutex_t mu;
+    atomic_int refs; /* 1 for the coordinator + 1 per claim not yet freed */
+    int closing, closed; /* [mu] */
+
+    tk_pgconn *pool[TK_PG_POOL_MAX]; /* idle connections [mu] */
+    int n_pool;
+
+    tk_pgclaim *held; /* claims whose lease this store holds [mu] */
+    size_t n_held;
+    size_t n_out;              /* claims given out and not completed [mu] */
+    pthread_cond_t drain_cv;   /* n_out decreased */
+
+    /* worker mode [mu] */
+    tk_pgclaim *lq_head, *lq_tail; /* local queue */
+    size_t n_lq;
+    pthread_cond_t work_cv;
+    pthread_t *workers;
+    unsigned n_workers;
+    pthread_t claimer;
+    int claimer_on;
+    int stopping;
+    pthread_cond_t claimer_cv;
+    unsigned handlers_seen; /* handler count the cached lists were built from */
+    char *worker_handlers;  /* text[] literal of handlers with a callback */
+    char *poll_handlers;    /* ... and without */
+
+    /* wakeups [mu] */
+    uint64_t ready_seq;  /* bumped by every 'tasker_ready' notification */
+    int64_t next_due_ms; /* earliest announced due time (Unix ms), 0 none */
+
+    /* listener */
+    pthread_t listener;
+    int listener_on, listener_quit;
+    int wake_fd;                /* eventfd: wakes the listener to exit */
+    tk_pgwaiter *waiters;       /* [mu] */
+    pthread_cond_t waiters_cv;  /* a waiter was signaled */
+    uint64_t reconnects;        /* listener reconnections: waiters re-check [mu] */
+
+    /* flusher [mu] */
+    tk_pgclaim *fq_head, *fq_tail;
+    size_t n_fq;
+    pthread_cond_t flush_cv;   /* work for the flusher */
+    pthread_cond_t flushed_cv; /* results for waiting completers */
+    pthread_t flusher;
+    int flusher_on, flush_quit;
+
+    /* heartbeat [mu] */
+    pthread_t heart;
+    int heart_on, heart_quit;
+    pthread_cond_t heart_cv;
+
+    /* poll-mode descriptor [mu] */
+    int epfd, evfd, tfd;
+    int ev_armed;
+    int64_t tfd_due_ms; /* the timer's armed time (Unix ms), 0 disarmed */
+
+    /* finished handles kept readable a while (see TK_PG_RETAIN_MAX) [mu] */
+    tk_pgclaim *ret_head, *ret_tail;
+    size_t n_ret;
+
+    /* counters */
+    atomic_ulong n_fenced, n_completed, n_claimed;
+};
+
+/* ---- pg_conn.c: connections and statements ---- */
+
+/* Connects; on failure sets a TASKER_EDATABASE error naming pg->target. */
+int tk_pg_connect(tk_pg *pg, tk_pgconn **out);
+void tk_pg_disconnect(tk_pgconn *c);
+/* A pooled connection (connecting if none is idle) / its return; a broken
+ * connection is closed instead of being pooled. */
+int tk_pg_pool_get(tk_pg *pg, tk_pgconn **out);
+void tk_pg_pool_put(tk_pg *pg, tk_pgconn *c);
+/* Runs prepared statement `ps` with text parameters (NULL = SQL NULL).
+ * Returns the result (PQclear it) or NULL with the error set; *transient
+ * (if not NULL) tells whether trying again may work (connection lost,
+ * deadlock, serialization failure). */
+PGresult *tk_pg_run(tk_pg *pg, tk_pgconn *c, tk_ps ps, int n, const char *const *values,
+                    int *transient);
+/* Runs a statement without parameters (BEGIN, COMMIT, ...). */
+int tk_pg_simple(tk_pg *pg, tk_pgconn *c, const char *sql);
+/* Sets a TASKER_EDATABASE error from a failed result or connection. */
+int tk_pg_error(tk_pg *pg, tk_pgconn *c, const PGresult *r, const char *what);
+/* Copies `msg` with every occurrence of the password replaced by "***". */
+char *tk_pg_scrub(const tk_pg *pg, const char *msg);
+/* Fills target/password from a connection string; -1 if it does not parse
+ * (then *why is libpq's message, scrubbed, to tk_free). */
+int tk_pg_describe(tk_pg *pg, const char *conninfo, char **why);
+/* Sleeps for the n-th reconnection backoff (50 ms doubling to 5 s) unless
+ * `*stop` becomes set; returns the next n. */
+unsigned tk_pg_backoff_sleep(tk_pg *pg, unsigned n, const int *stop);
+
+/* Text-array literals for parameters ('{"a","b",NULL}'). */
+typedef struct tk_buf {
+    char *p;
+    size_t len, cap;
+    int oom;
+} tk_buf;
+void tk_buf_init(tk_buf *b);
+void tk_buf_free(tk_buf *b);
+void tk_buf_add(tk_buf *b, const char *s, size_t n);
+void tk_buf_addf(tk_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends `s` as one element (comma first unless first) quoted; NULL -> NULL. */
+void tk_buf_elem(tk_buf *b, const char *s, int first);
+/* Parses a text[] value; elements point into `out_mem` (tk_free it) and
+ * SQL NULLs come back as NULL.  Returns the count or -1. */
+long tk_pg_parse_array(const char *text, char ***elems, size_t **lens, char **out_mem);
+
+/* ---- pg_listen.c ---- */
+int tk_pg_listener_start(tk_pg *pg);
+void tk_pg_listener_stop(tk_pg *pg);
+/* Wakes everything that waits for ready steps (lock held). */
+void tk_pg_wake_ready_locked(tk_pg *pg);
+/* Arms the poll descriptor: now (ready) and/or a timer at `due_ms`. */
+void tk_pg_poll_arm_locked(tk_pg *pg, int ready, int64_t due_ms);
+
+/* ---- pg_claim.c ---- */
+/* Claims up to `max` steps for `handlers` (a text[] literal) on `c`;
+ * the new claims are held and returned in a list linked by qnext. */
+int tk_pg_claim_batch(tk_pg *pg, tk_pgconn *c, const char *handlers, size_t max, int poll,
+                      tk_pgclaim **list, size_t *n);
+/* Gives claims back to the queue (lock not held). */
+void tk_pg_release(tk_pg *pg, tk_pgconn *c, tk_pgclaim **cls, size_t n, int uncount);
+/* Refreshes the cached handler lists from the coordinator (lock held). */
+void tk_pg_handlers_refresh_locked(tk_pg *pg);
+/* Drops a pin; when nothing pins the claim any more it is retired (kept
+ * readable in the retained list).  Returns a claim to free with
+ * tk_pg_claim_free once the lock is released, or NULL. */
+tk_pgclaim *tk_pg_unpin_locked(tk_pg *pg, tk_pgclaim *cl, unsigned pin);
+/* Frees a claim's memory (lock not needed: nobody else refers to it). */
+void tk_pg_claim_free(tk_pgclaim *cl);
+int tk_pg_heartbeat_start(tk_pg *pg);
+void tk_pg_heartbeat_stop(tk_pg *pg);
+/* Removes a claim from the held list (lock held). */
+void tk_pg_unhold_locked(tk_pg *pg, tk_pgclaim *cl);
+
+/* Pin reasons (bits of tk_pgclaim.pins). */
+enum {
+    TK_PIN_HELD = 1u,    /* the store still holds its lease */
+    TK_PIN_HANDLER = 2u, /* a worker thread is running its handler */
+    TK_PIN_WAITER = 4u,  /* a completing thread waits for the flush */
+    TK_PIN_HEART = 8u    /* the heartbeat thread is renewing its lease */
+};
+
+/* ---- pg_flush.c ---- */
+int tk_pg_flusher_start(tk_pg *pg);
+/* Starts the flusher and heartbeat threads if not running (lock held). */
+int tk_pg_runtime_start_locked(tk_pg *pg);
+/* Records everything queued, then stops the flusher. */
+void tk_pg_flusher_stop(tk_pg *pg);
+
+/* ---- postgres.c ---- */
+void tk_pg_unref(tk_pg *pg);
+
+#endif
