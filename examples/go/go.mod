@@ -1,0 +1,3 @@
+module example.com/tasker-go
+
+go 1.21
