@@ -64,3 +64,5 @@ void tk_free(void *p)
 {
     free(p);
 }
+
+_Thread_local int tk_hash_oom;

@@ -145,6 +145,40 @@ int tasker_template_new(tasker_template **out, const char *ns, const char *name,
     return TASKER_OK;
 }
 
+/* Finds a name listed twice; a hash set keeps a 100,000-dependency sink linear. */
+static int find_duplicate(const char *const *names, size_t n, const char **dup)
+{
+    *dup = NULL;
+    if (n < 16) {
+        for (size_t i = 0; i < n && !*dup; i++)
+            for (size_t j = 0; j < i; j++)
+                if (strcmp(names[i], names[j]) == 0) {
+                    *dup = names[i];
+                    break;
+                }
+        return TASKER_OK;
+    }
+    tk_name_ent *set = NULL, *ents = tk_calloc(n, sizeof *ents), *e;
+    if (!ents)
+        return tk_enomem();
+    for (size_t i = 0; i < n && !*dup; i++) {
+        HASH_FIND_STR(set, names[i], e);
+        if (e) {
+            *dup = names[i];
+            break;
+        }
+        ents[i].name = names[i];
+        tk_hash_oom = 0;
+        HASH_ADD_KEYPTR(hh, set, ents[i].name, strlen(ents[i].name), &ents[i]);
+        if (tk_hash_oom)
+            break;
+    }
+    int oom = tk_hash_oom;
+    HASH_CLEAR(hh, set);
+    tk_free(ents);
+    return oom ? tk_enomem() : TASKER_OK;
+}
+
 int tasker_template_add_step(tasker_template *t, const char *name, const char *handler,
                              const char *const *depends_on, size_t n_deps,
                              const tasker_step_options *opts)
@@ -181,12 +215,15 @@ int tasker_template_add_step(tasker_template *t, const char *name, const char *h
         if ((why = tk_name_problem(depends_on[i], 1)))
             return terr(json_pack("{s:s, s:s}", "reason", "bad_name", "step", name),
                         "step '%s': a dependency name %s", name, why);
-        for (size_t j = 0; j < i; j++)
-            if (strcmp(depends_on[i], depends_on[j]) == 0)
-                return terr(json_pack("{s:s, s:s, s:s}", "reason", "duplicate_dependency", "step",
-                                      name, "dependency", depends_on[i]),
-                            "step '%s' lists dependency '%s' twice", name, depends_on[i]);
     }
+    const char *dup = NULL;
+    int rc = find_duplicate(depends_on, n_deps, &dup);
+    if (rc)
+        return rc;
+    if (dup)
+        return terr(json_pack("{s:s, s:s, s:s}", "reason", "duplicate_dependency", "step", name,
+                              "dependency", dup),
+                    "step '%s' lists dependency '%s' twice", name, dup);
     tasker_step_options o = TASKER_STEP_OPTIONS_INIT;
     if (opts) {
         if (opts->version != TASKER_STEP_OPTIONS_VERSION)
@@ -230,7 +267,13 @@ int tasker_template_add_step(tasker_template *t, const char *name, const char *h
     t->steps[t->n_steps] = s;
     e->name = t->steps[t->n_steps].name;
     e->idx = t->n_steps;
+    tk_hash_oom = 0;
     HASH_ADD_KEYPTR(hh, t->index, e->name, strlen(e->name), e);
+    if (tk_hash_oom) {
+        tk_free(e);
+        free_step(&t->steps[t->n_steps]);
+        return tk_enomem();
+    }
     t->n_steps++;
     return TASKER_OK;
 }

@@ -3,7 +3,7 @@
 #define TASKER_CORE_TEMPLATE_H
 
 #include <stdint.h>
-#include <uthash.h>
+#include "core/hash.h"
 
 #include "tasker.h"
 

@@ -58,11 +58,37 @@ void tk_uuid_new_at(uint8_t out[16], char text[TASKER_UUID_BUFSIZE], int64_t uni
         uuid_unparse_lower(out, text);
 }
 
+static int hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+/* Plain hex decoding of the 8-4-4-4-12 form: every task call parses a UUID,
+ * and libuuid's parser (strtoul per byte) costs ten times more. */
 int tk_uuid_parse(uint8_t out[16], const char *text)
 {
-    if (!text || strlen(text) != TASKER_UUID_STRLEN)
+    if (!text)
         return -1;
-    return uuid_parse(text, out) == 0 ? 0 : -1;
+    int j = 0;
+    for (int i = 0; i < TASKER_UUID_STRLEN; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (text[i] != '-')
+                return -1;
+            continue;
+        }
+        int hi = hexval(text[i]), lo = hi < 0 ? -1 : hexval(text[i + 1]);
+        if (hi < 0 || lo < 0)
+            return -1;
+        out[j++] = (uint8_t)(hi << 4 | lo);
+        i++;
+    }
+    return text[TASKER_UUID_STRLEN] == '\0' ? 0 : -1;
 }
 
 static _Thread_local uint64_t rng_state;

@@ -43,7 +43,15 @@ tk_nsobj *tk_nsobj_get(tasker_coordinator *c, const char *name)
         tk_free(o);
         return NULL;
     }
+    tk_hash_oom = 0;
     HASH_ADD_KEYPTR(hh, c->namespaces, o->name, strlen(o->name), o);
+    if (tk_hash_oom) {
+        c->breakers = o->breaker->next_all; /* it was linked first */
+        tk_breaker_free(o->breaker);
+        tk_free(o->name);
+        tk_free(o);
+        return NULL;
+    }
     return o;
 }
 

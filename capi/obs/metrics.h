@@ -4,7 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include <uthash.h>
+#include "core/hash.h"
 
 #define TK_HIST_BUCKETS 14
 

@@ -250,9 +250,17 @@ int tasker_handler_register(tasker_coordinator *c, const char *name, tasker_hand
     pthread_mutex_lock(&c->lock);
     tk_handler *old;
     HASH_FIND_STR(c->handlers, name, old);
-    if (!old && (h->breaker = tk_breaker_new(c, "handler", name)))
+    int added = 0;
+    if (!old && (h->breaker = tk_breaker_new(c, "handler", name))) {
+        tk_hash_oom = 0;
         HASH_ADD_KEYPTR(hh, c->handlers, h->name, strlen(h->name), h);
-    int added = !old && h->breaker;
+        if (tk_hash_oom) {
+            c->breakers = h->breaker->next_all;
+            tk_breaker_free(h->breaker);
+        } else {
+            added = 1;
+        }
+    }
     pthread_mutex_unlock(&c->lock);
     if (added)
         return TASKER_OK;
@@ -309,21 +317,32 @@ int tasker_template_register(tasker_coordinator *c, const tasker_template *tmpl)
     } else if (!(r->nsobj = tk_nsobj_get(c, copy->ns))) {
         rc = tk_enomem();
     } else {
-        HASH_ADD_KEYPTR(hh, c->templates, r->key, strlen(r->key), r);
         tk_latest *cur;
         HASH_FIND_STR(c->latest, lkey, cur);
+        tk_hash_oom = 0;
         if (!cur) {
             l->key = lkey;
             l->reg = r;
             HASH_ADD_KEYPTR(hh, c->latest, l->key, strlen(l->key), l);
-            l = NULL;
-            lkey = NULL;
-        } else if (tk_version_cmp(copy->version, cur->reg->tmpl->version) > 0) {
-            cur->reg = r;
         }
-        r = NULL;
-        hs = NULL;
-        copy = NULL;
+        if (!tk_hash_oom) {
+            HASH_ADD_KEYPTR(hh, c->templates, r->key, strlen(r->key), r);
+            if (tk_hash_oom && !cur)
+                HASH_DEL(c->latest, l);
+        }
+        if (tk_hash_oom) {
+            rc = tk_enomem();
+        } else {
+            if (!cur) {
+                l = NULL;
+                lkey = NULL;
+            } else if (tk_version_cmp(copy->version, cur->reg->tmpl->version) > 0) {
+                cur->reg = r;
+            }
+            r = NULL;
+            hs = NULL;
+            copy = NULL;
+        }
     }
     pthread_mutex_unlock(&c->lock);
     if (rc > 0)
@@ -427,7 +446,7 @@ int tasker_task_wait(tasker_task_state *state_out, tasker_coordinator *c, const 
         }
     }
     pthread_mutex_lock(&c->lock);
-    tk_task *t;
+    tk_task *t = NULL;
     for (;;) {
         if ((rc = find_locked(c, uuid, &t)))
             break;
@@ -468,7 +487,7 @@ int tasker_task_get(char **json_out, tasker_coordinator *c, const char *uuid)
     if (c->pg)
         return tk_pg_task_get(c->pg, json_out, uuid);
     pthread_mutex_lock(&c->lock);
-    tk_task *t;
+    tk_task *t = NULL;
     if ((rc = find_locked(c, uuid, &t)) == TASKER_OK) {
         *json_out = tk_task_json(t);
         if (!*json_out)
@@ -488,7 +507,7 @@ int tasker_task_cancel(tasker_coordinator *c, const char *uuid)
     if (c->pg)
         return tk_pg_task_cancel(c->pg, uuid);
     pthread_mutex_lock(&c->lock);
-    tk_task *t;
+    tk_task *t = NULL;
     if ((rc = find_locked(c, uuid, &t)) == TASKER_OK)
         rc = tk_task_cancel_locked(c, t);
     tk_task *g = c->graveyard;
@@ -508,7 +527,7 @@ int tasker_task_retry(tasker_coordinator *c, const char *uuid)
     if (c->pg)
         return tk_pg_task_retry(c->pg, uuid);
     pthread_mutex_lock(&c->lock);
-    tk_task *t;
+    tk_task *t = NULL;
     if ((rc = find_locked(c, uuid, &t)) == TASKER_OK && (rc = tk_task_retry_locked(c, t)) == 0)
         tk_notify(c);
     pthread_mutex_unlock(&c->lock);
@@ -538,7 +557,7 @@ int tasker_step_resolve(tasker_coordinator *c, const char *uuid, const char *ste
             return tk_enomem();
     }
     pthread_mutex_lock(&c->lock);
-    tk_task *t;
+    tk_task *t = NULL;
     if ((rc = find_locked(c, uuid, &t)) == TASKER_OK) {
         int64_t idx = tk_template_find(t->reg->tmpl, step_name);
         if (idx < 0)
@@ -565,7 +584,7 @@ int tasker_task_forget(tasker_coordinator *c, const char *uuid)
     if (c->pg)
         return tk_pg_task_forget(c->pg, uuid);
     pthread_mutex_lock(&c->lock);
-    tk_task *t;
+    tk_task *t = NULL;
     if ((rc = find_locked(c, uuid, &t)) == TASKER_OK) {
         if (!tasker_task_state_is_final((tasker_task_state)t->state))
             rc = tk_err(TASKER_ESTATE, TASKER_CATEGORY_STATE,
@@ -637,7 +656,8 @@ static void *worker_main(void *arg)
             c->idle_workers--;
             continue;
         }
-        /* Share the queue with the other workers rather than taking it all. */
+        /* Share the queue with the other workers rather than taking it all:
+         * steps in one batch run one after another on this thread. */
         size_t want = (len + c->n_threads - 1) / c->n_threads;
         if (want > WORKER_BATCH)
             want = WORKER_BATCH;

@@ -12,7 +12,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
-#include <uthash.h>
+#include "core/hash.h"
 
 #include "core/config.h"
 #include "core/states.h"
@@ -61,6 +61,7 @@ struct tasker_step {
     struct tasker_step *older; /* earlier claims of the same step */
     uint32_t attempt;
     uint8_t done;
+    int64_t run_at; /* when a worker thread called the handler (0: poll mode) */
 };
 
 struct tk_failure_rec;

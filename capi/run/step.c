@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/error.h"
 #include "run/engine.h"
 
@@ -307,6 +308,9 @@ int tasker_step_fail(tasker_step *step, const tasker_failure *failure)
 int tk_run_handler(tasker_coordinator *c, struct tasker_step *cl)
 {
     const tk_handler *h = cl->step->task->reg->handlers[cl->step->idx];
+    /* A batch is claimed at once; the handler's own start time makes the
+     * step's duration the handler's run time, not its wait in the batch. */
+    cl->run_at = tk_now_ns();
     int rc = h->fn(cl, h->userdata);
     if (rc < 0) {
         pthread_mutex_lock(&c->lock);

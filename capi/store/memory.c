@@ -381,6 +381,7 @@ size_t tk_claim_batch(tasker_coordinator *c, int qi, tasker_step **out, size_t m
         cl->step = s;
         cl->attempt = s->attempts;
         cl->done = 0;
+        cl->run_at = 0;
         if (cl != &s->claim0) {
             cl->older = s->claims;
             s->claims = cl;
@@ -492,6 +493,8 @@ int tk_complete(tasker_coordinator *c, struct tasker_step *cl, int ok, char *res
     }
     claim_done(c, cl);
     tk_heap_remove(c, s); /* its timeout, if any */
+    if (cl->run_at)
+        s->started_at = cl->run_at;
     int64_t now = tk_now_ns();
     s->finished_at = now;
     if (ok) {
@@ -864,9 +867,17 @@ int tk_task_create(tasker_coordinator *c, const tasker_task_request *req, char *
                 rc = tk_enomem();
     }
     if (!rc && !other) {
+        tk_hash_oom = 0;
         HASH_ADD(hh, c->tasks, uuid_bytes, 16, t);
-        if (t->idem_key)
+        if (!tk_hash_oom && t->idem_key) {
             HASH_ADD_KEYPTR(ihh, c->by_key, t->idem_key, strlen(t->idem_key), t);
+            if (tk_hash_oom)
+                HASH_DELETE(hh, c->tasks, t);
+        }
+        if (tk_hash_oom)
+            rc = tk_enomem();
+    }
+    if (!rc && !other) {
         tk_obs_task_created(c, t, now);
         for (uint32_t i = 0; i < tm->n_roots; i++)
             tk_step_enqueue(c, &t->steps[tm->roots[i]], now, TK_R_DEPENDENCIES_MET);
