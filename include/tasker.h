@@ -283,10 +283,14 @@ TASKER_API int tasker_coordinator_start(tasker_coordinator *coord, unsigned n_th
 
 /*
  * Stops claiming, waits for the worker threads to finish the handlers they are
- * running and joins them.  Steps whose completion was deferred may still be
- * completed; stop then waits up to `drain_ms` (negative: forever) for them and
- * returns TASKER_ETIMEOUT if some are still in flight (they stay valid).
- * Thread-safe; must not be called from a handler.
+ * running and joins them (steps claimed in a batch but not started go back to
+ * the queue).  Steps whose completion was deferred may still be completed;
+ * stop then waits up to `drain_ms` (negative: forever; 0: not at all) for
+ * them.  If some are still in flight after a positive or negative drain, they
+ * are released: put back in the queue without using up an attempt, and their
+ * handlers' late completions are refused with TASKER_ESTALE; stop then
+ * returns TASKER_ETIMEOUT.  Work resumes with tasker_coordinator_start or
+ * tasker_coordinator_claim.  Thread-safe; must not be called from a handler.
  */
 TASKER_API int tasker_coordinator_stop(tasker_coordinator *coord, int drain_ms);
 

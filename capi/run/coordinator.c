@@ -763,13 +763,19 @@ int tasker_coordinator_stop(tasker_coordinator *c, int drain_ms)
             break;
     }
     size_t left = c->outstanding;
+    if (left && drain_ms != 0) {
+        tk_release_in_flight(c, tk_now_ns());
+        tk_notify(c);
+    }
     c->stopping = 0;
     atomic_store(&c->stop_flag, 0);
     pthread_mutex_unlock(&c->lock);
     if (left && drain_ms != 0)
         rc = tk_err(TASKER_ETIMEOUT, TASKER_CATEGORY_STATE,
-                    json_pack("{s:I}", "steps_in_flight", (json_int_t)left),
-                    "%zu step(s) were still in flight after %d ms", left, drain_ms);
+                    json_pack("{s:I}", "steps_released", (json_int_t)left),
+                    "%zu step(s) were still in flight after %d ms; they were put back in the "
+                    "queue and their handlers' late completions will be refused",
+                    left, drain_ms);
     return rc;
 }
 

@@ -414,6 +414,24 @@ void tk_release(tasker_coordinator *c, struct tasker_step *cl, int64_t now)
     queue_push(c, s);
 }
 
+void tk_release_in_flight(tasker_coordinator *c, int64_t now)
+{
+    for (tk_task *t = c->tasks; t; t = t->hh.next) {
+        if (!t->outstanding)
+            continue;
+        for (uint32_t i = 0; i < t->n_steps; i++) {
+            tk_step *s = &t->steps[i];
+            if (s->state != TASKER_STEP_IN_PROGRESS)
+                continue;
+            tk_heap_remove(c, s); /* its timeout */
+            s->budget++;          /* the interrupted attempt does not count */
+            step_set(s, TASKER_STEP_ENQUEUED, now, TK_R_RELEASED);
+            s->enqueued_at = now;
+            queue_push(c, s);
+        }
+    }
+}
+
 static void finish_ok(tasker_coordinator *c, tk_step *s, int64_t now)
 {
     tk_task *t = s->task;
