@@ -566,6 +566,17 @@ TASKER_API const char *tasker_step_dependency_name(const tasker_step *step, size
 TASKER_API int tasker_step_succeed(tasker_step *step, const char *result_json, size_t len);
 
 /*
+ * Completes `n` attempts successfully in one call, taking the coordinator's
+ * lock once (event loops and bindings that batch use it).  `results` NULL
+ * means no result for any; otherwise results[i] / lens[i] (lens NULL: all
+ * strlen) as in tasker_step_succeed.  rc_out[i] receives each step's status
+ * exactly as tasker_step_succeed would have returned it; the call itself
+ * returns TASKER_OK, or TASKER_EINVAL for NULL rc_out or steps.  Thread-safe.
+ */
+TASKER_API int tasker_steps_succeed(int *rc_out, tasker_step *const *steps,
+                                    const char *const *results, const size_t *lens, size_t n);
+
+/*
  * Completes the attempt with an in-process result (memory store only): the
  * dependents receive `ptr` itself through tasker_step_dependency_pointer.
  * `free_ptr`, if not NULL, is called once when the task is forgotten or the
@@ -728,7 +739,9 @@ typedef enum tasker_circuit_state {
 } tasker_circuit_state;
 
 typedef enum tasker_circuit_mode {
-    TASKER_CIRCUIT_AUTO = 0,         /* the breaker decides */
+    /* The breaker decides.  After FORCE_OPEN it stays open until breaker.open_ms
+     * has passed since it was forced; FORCE_CLOSED lets parked steps go at once. */
+    TASKER_CIRCUIT_AUTO = 0,
     TASKER_CIRCUIT_FORCE_OPEN = 1,   /* nothing passes until AUTO again */
     TASKER_CIRCUIT_FORCE_CLOSED = 2  /* everything passes, failures are only counted */
 } tasker_circuit_mode;

@@ -237,6 +237,94 @@ int tasker_step_succeed(tasker_step *step, const char *result_json, size_t len)
     return complete(step, 1, copy, copy ? len : 0, NULL, NULL, NULL, 0, -1);
 }
 
+int tasker_steps_succeed(int *rc_out, tasker_step *const *steps, const char *const *results,
+                         const size_t *lens, size_t n)
+{
+    if (!rc_out || (!steps && n))
+        return tk_einval("tasker_steps_succeed: rc_out and steps must not be NULL");
+    if (n == 0)
+        return TASKER_OK;
+    /* Memory-store steps of the first step's open coordinator go through one
+     * lock; everything else (other coordinators, postgres steps, bad input)
+     * takes the single-step path. */
+    tasker_coordinator *c = NULL;
+    for (size_t i = 0; i < n && !c; i++)
+        if (steps[i] && !steps[i]->view)
+            c = coord_of(steps[i]);
+    char **copies = c ? tk_calloc(n, sizeof *copies) : NULL;
+    size_t *clen = c ? tk_calloc(n, sizeof *clen) : NULL;
+    uint8_t *mine = c ? tk_calloc(n, 1) : NULL;
+    if (c && (!copies || !clen || !mine)) {
+        tk_free(copies);
+        tk_free(clen);
+        tk_free(mine);
+        copies = NULL;
+        clen = NULL;
+        mine = NULL;
+        c = NULL; /* fall back to one call per step */
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *r = results ? results[i] : NULL;
+        size_t len = r ? (lens && lens[i] ? lens[i] : strlen(r)) : 0;
+        if (!c || !steps[i] || steps[i]->view || coord_of(steps[i]) != c) {
+            rc_out[i] = tasker_step_succeed(steps[i], r, len);
+            continue;
+        }
+        rc_out[i] = TASKER_OK;
+        if (r && !(len == 4 && memcmp(r, "null", 4) == 0)) {
+            json_error_t jerr;
+            json_t *j = json_loadb(r, len, JSON_DECODE_ANY, &jerr);
+            if (!j) {
+                rc_out[i] = tk_err(TASKER_EINVAL, TASKER_CATEGORY_ARGUMENT,
+                                   json_pack("{s:s, s:s}", "step", tstep(steps[i])->name,
+                                             "message", jerr.text),
+                                   "step '%s': result is not valid JSON: %s",
+                                   tstep(steps[i])->name, jerr.text);
+                continue;
+            }
+            json_decref(j);
+            if (!(copies[i] = tk_strndup(r, len))) {
+                rc_out[i] = tk_enomem();
+                continue;
+            }
+            clen[i] = len;
+        }
+        mine[i] = 1;
+    }
+    if (c) {
+        pthread_mutex_lock(&c->lock);
+        int closed = c->closed;
+        if (!closed) {
+            for (size_t i = 0; i < n; i++) {
+                if (!mine[i])
+                    continue;
+                rc_out[i] =
+                    tk_complete(c, steps[i], 1, copies[i], clen[i], NULL, NULL, NULL, 0, -1);
+                if (rc_out[i] == TASKER_OK)
+                    copies[i] = NULL;
+            }
+            tk_notify(c);
+        }
+        tk_task *g = c->graveyard;
+        c->graveyard = NULL;
+        if (!closed && c->outstanding == 0 && c->done_waiters)
+            pthread_cond_broadcast(&c->done_cv);
+        pthread_mutex_unlock(&c->lock);
+        tk_free_tasks(g);
+        for (size_t i = 0; i < n; i++) {
+            if (closed && mine[i]) {
+                rc_out[i] = complete(steps[i], 1, copies[i], clen[i], NULL, NULL, NULL, 0, -1);
+                copies[i] = NULL;
+            }
+            tk_free(copies[i]);
+        }
+    }
+    tk_free(copies);
+    tk_free(clen);
+    tk_free(mine);
+    return TASKER_OK;
+}
+
 int tasker_step_succeed_pointer(tasker_step *step, void *ptr, void (*free_ptr)(void *))
 {
     if (!step) {

@@ -651,6 +651,12 @@ int tk_pg_task_forget(tk_pg *pg, const char *uuid)
         if (cl->state != TK_CL_FINISHED && !strcmp(cl->view.task_uuid, uuid))
             held++;
     pthread_mutex_unlock(&pg->mu);
+    tasker_task_state st;
+    if (held && task_state(pg, uuid, &st) == TASKER_OK && !tasker_task_state_is_final(st))
+        return tk_err(TASKER_ESTATE, TASKER_CATEGORY_STATE,
+                      json_pack("{s:s, s:s}", "task", uuid, "state", tasker_task_state_name(st)),
+                      "task %s is %s; only a finished task can be forgotten", uuid,
+                      tasker_task_state_name(st));
     if (held)
         return tk_err(TASKER_EBUSY, TASKER_CATEGORY_STATE,
                       json_pack("{s:s, s:I}", "task", uuid, "steps_held", (json_int_t)held),
