@@ -7,7 +7,6 @@
  * calls, which hold the coordinator's lock only while they copy numbers. */
 #include <arpa/inet.h>
 #include <jansson.h>
-#include <microhttpd.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -16,6 +15,7 @@
 #include <sys/socket.h>
 
 #include "core/alloc.h"
+#include "obs/mhd_dl.h"
 #include "core/error.h"
 #include "obs/status_page.h"
 #include "tasker.h"
@@ -272,6 +272,9 @@ int tasker_http_start(tasker_http **out, tasker_coordinator *coord, const char *
                       "tasker_http_start: bind address '%s' is not a numeric IPv4 or IPv6 "
                       "address",
                       addr);
+    int rc = tk_mhd_load();
+    if (rc)
+        return rc;
 
     struct tasker_http *h = tk_calloc(1, sizeof *h);
     if (!h)
