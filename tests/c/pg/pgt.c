@@ -1,0 +1,204 @@
+#define _GNU_SOURCE
+#include "pgt.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "migrate.h"
+#include "store/postgres.h"
+
+#define MAX_DBS 8
+
+static char *dbs[MAX_DBS];
+static int n_dbs;
+static char *last_url;
+static PGconn *last_conn;
+static int registered;
+
+void pgt_require(void)
+{
+    const char *u = getenv("TASKER_TEST_DATABASE_URL");
+    if (!u || !*u) {
+        print_message("[  SKIP    ] TASKER_TEST_DATABASE_URL is not set\n");
+        skip();
+    }
+}
+
+/* Quotes a conninfo value: 'v' with \ and ' escaped. */
+static void quote_into(char *out, size_t cap, const char *v)
+{
+    size_t o = 0;
+    if (o < cap - 1)
+        out[o++] = '\'';
+    for (; *v && o < cap - 3; v++) {
+        if (*v == '\'' || *v == '\\')
+            out[o++] = '\\';
+        out[o++] = *v;
+    }
+    out[o++] = '\'';
+    out[o] = '\0';
+}
+
+char *pgt_url_with_db(const char *url, const char *dbname)
+{
+    char *err = NULL;
+    PQconninfoOption *opts = PQconninfoParse(url, &err);
+    if (!opts) {
+        print_error("TASKER_TEST_DATABASE_URL does not parse: %s\n", err ? err : "?");
+        if (err)
+            PQfreemem(err);
+        return NULL;
+    }
+    size_t cap = 4096, len = 0;
+    char *out = calloc(1, cap);
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        const char *v = o->val;
+        if (!strcmp(o->keyword, "dbname"))
+            v = dbname;
+        if (!v || !*v)
+            continue;
+        char q[1024];
+        quote_into(q, sizeof q, v);
+        len += (size_t)snprintf(out + len, cap - len, "%s%s=%s", len ? " " : "", o->keyword, q);
+    }
+    PQconninfoFree(opts);
+    return out;
+}
+
+static PGconn *connect_or_fail(const char *url)
+{
+    PGconn *c = PQconnectdb(url);
+    if (PQstatus(c) != CONNECTION_OK) {
+        print_error("cannot connect to the test database: %s\n", PQerrorMessage(c));
+        PQfinish(c);
+        fail();
+    }
+    PQclear(PQexec(c, "SET client_min_messages = warning"));
+    return c;
+}
+
+void pgt_finish(void)
+{
+    if (last_conn) {
+        PQfinish(last_conn);
+        last_conn = NULL;
+    }
+    const char *base = getenv("TASKER_TEST_DATABASE_URL");
+    if (!base || !n_dbs)
+        return;
+    PGconn *c = PQconnectdb(base);
+    if (PQstatus(c) == CONNECTION_OK) {
+        for (int i = 0; i < n_dbs; i++) {
+            const char *vals[] = {dbs[i]};
+            /* The name is ours (letters, digits, '_'); the identifier is
+             * quoted by the server with quote_ident. */
+            PGresult *r = PQexecParams(c, "SELECT 'DROP DATABASE IF EXISTS ' || quote_ident($1) || ' WITH (FORCE)'",
+                                       1, NULL, vals, NULL, NULL, 0);
+            if (PQresultStatus(r) == PGRES_TUPLES_OK)
+                PQclear(PQexec(c, PQgetvalue(r, 0, 0)));
+            PQclear(r);
+            free(dbs[i]);
+        }
+    }
+    PQfinish(c);
+    n_dbs = 0;
+    free(last_url);
+    last_url = NULL;
+}
+
+const char *pgt_fresh_db(const char *tag, int migrate)
+{
+    pgt_require();
+    if (!registered) {
+        atexit(pgt_finish);
+        registered = 1;
+    }
+    const char *base = getenv("TASKER_TEST_DATABASE_URL");
+    char name[96];
+    snprintf(name, sizeof name, "tasker_t_%s_%d_%d", tag, (int)getpid(), n_dbs);
+    PGconn *c = connect_or_fail(base);
+    const char *vals[] = {name};
+    PGresult *r = PQexecParams(c, "SELECT 'CREATE DATABASE ' || quote_ident($1)", 1, NULL, vals,
+                               NULL, NULL, 0);
+    PGresult *r2 = PQexec(c, PQgetvalue(r, 0, 0));
+    if (PQresultStatus(r2) != PGRES_COMMAND_OK) {
+        print_error("CREATE DATABASE %s failed: %s\n", name, PQresultErrorMessage(r2));
+        PQclear(r);
+        PQclear(r2);
+        PQfinish(c);
+        fail();
+    }
+    PQclear(r);
+    PQclear(r2);
+    PQfinish(c);
+    if (n_dbs < MAX_DBS)
+        dbs[n_dbs++] = strdup(name);
+    free(last_url);
+    last_url = pgt_url_with_db(base, name);
+    assert_non_null(last_url);
+    if (last_conn)
+        PQfinish(last_conn);
+    last_conn = connect_or_fail(last_url);
+    if (migrate) {
+        int applied = 0, version = 0;
+        char err[1024];
+        if (tk_migrate(last_conn, &applied, &version, err, sizeof err, NULL, NULL) != 0) {
+            print_error("migrating %s failed: %s\n", name, err);
+            fail();
+        }
+    }
+    return last_url;
+}
+
+PGconn *pgt_conn(void)
+{
+    assert_non_null(last_conn);
+    return last_conn;
+}
+
+static PGresult *run(const char *file, int line, const char *const *sp)
+{
+    const char *sql = sp[0];
+    int n = 0;
+    while (sp[n + 1])
+        n++;
+    PGresult *r = PQexecParams(pgt_conn(), sql, n, NULL, sp + 1, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+        print_error("%s:%d: SQL failed: %s\n  %s\n", file, line, PQresultErrorMessage(r), sql);
+        PQclear(r);
+        _fail(file, line);
+    }
+    return r;
+}
+
+long long _pgt_num(const char *file, int line, const char *const *sp)
+{
+    PGresult *r = run(file, line, sp);
+    long long v = PQntuples(r) && !PQgetisnull(r, 0, 0) ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) : 0;
+    PQclear(r);
+    return v;
+}
+
+char *_pgt_str(const char *file, int line, const char *const *sp)
+{
+    PGresult *r = run(file, line, sp);
+    char *v = PQntuples(r) && !PQgetisnull(r, 0, 0) ? strdup(PQgetvalue(r, 0, 0)) : NULL;
+    PQclear(r);
+    return v;
+}
+
+void _pgt_exec(const char *file, int line, const char *const *sp)
+{
+    PQclear(run(file, line, sp));
+}
+
+tasker_coordinator *pgt_open_tuned(const char *url, int lease_ms, int poll_ms)
+{
+    tasker_coordinator *c = pgt_open(url);
+    tk_pg_tuning t = {lease_ms, poll_ms, 0, 0, -1};
+    th_ok(tk_pg_tune(c, &t));
+    return c;
+}
