@@ -119,6 +119,8 @@ void tk_breaker_result(tasker_coordinator *c, tk_breaker *b, int ok, int64_t mon
             set_state(c, b, TASKER_CIRCUIT_OPEN, mono_now);
         else if (++b->half_open_successes >= (uint32_t)c->cfg.num[TK_CFG_BREAKER_SUCCESS_THRESHOLD])
             set_state(c, b, TASKER_CIRCUIT_CLOSED, mono_now);
+        else
+            tk_breaker_unpark_all(c, b); /* a trial slot is free: parked steps may try it */
         return;
     }
     if (b->state != TASKER_CIRCUIT_CLOSED || ok)
@@ -146,10 +148,12 @@ void tk_breaker_tick(tasker_coordinator *c, int64_t mono_now)
         refresh(c, b, mono_now);
 }
 
-void tk_breaker_release(tk_breaker *b)
+void tk_breaker_release(tasker_coordinator *c, tk_breaker *b)
 {
-    if (b->state == TASKER_CIRCUIT_HALF_OPEN && b->half_open_inflight)
+    if (b->state == TASKER_CIRCUIT_HALF_OPEN && b->half_open_inflight) {
         b->half_open_inflight--;
+        tk_breaker_unpark_all(c, b);
+    }
 }
 
 void tk_breaker_metrics(tasker_coordinator *c, tk_sb *sb)

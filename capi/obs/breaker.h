@@ -36,7 +36,7 @@ int tk_breaker_allow(struct tasker_coordinator *c, tk_breaker *b, int64_t mono_n
 /* Records the outcome of a call that was allowed. */
 void tk_breaker_result(struct tasker_coordinator *c, tk_breaker *b, int ok, int64_t mono_now);
 /* A call that was allowed ended with no outcome (cancelled, released). */
-void tk_breaker_release(tk_breaker *b);
+void tk_breaker_release(struct tasker_coordinator *c, tk_breaker *b);
 /* Earliest monotonic time at which an open breaker turns half-open; 0 if none. */
 int64_t tk_breaker_next_due(struct tasker_coordinator *c);
 /* Turns due open breakers half-open (and lets their parked steps go). */

@@ -662,8 +662,8 @@ static void *worker_main(void *arg)
         if (want > WORKER_BATCH)
             want = WORKER_BATCH;
         size_t n = tk_claim_batch(c, TK_Q_WORKER, batch, want, tk_now_ns(), NULL);
-        if (c->q[TK_Q_WORKER].len && c->idle_workers)
-            pthread_cond_signal(&c->work_cv);
+        if ((c->q[TK_Q_WORKER].len || c->heap_len) && c->idle_workers)
+            tk_notify(c); /* more work, or a timeout timer a sleeping worker must watch */
         pthread_mutex_unlock(&c->lock);
         size_t i = 0;
         for (; i < n && !atomic_load_explicit(&c->stop_flag, memory_order_relaxed); i++)

@@ -56,7 +56,7 @@ static void step_set(tk_step *s, uint8_t to, int64_t now, tk_reason r)
     if (from == TASKER_STEP_IN_PROGRESS) {
         tk_breaker *b = s->task->reg->handlers[s->idx]->breaker;
         if (to == TASKER_STEP_CANCELLED || to == TASKER_STEP_ENQUEUED)
-            tk_breaker_release(b);
+            tk_breaker_release(c, b);
         else if (c->breakers_on || b->state != TASKER_CIRCUIT_CLOSED)
             tk_breaker_result(c, b, to == TASKER_STEP_COMPLETE, tk_mono_ns());
     }
@@ -498,6 +498,13 @@ int tk_complete(tasker_coordinator *c, struct tasker_step *cl, int ok, char *res
                                 t->reg->tmpl->steps[s->idx].name, "state", "cancelled"),
                       "step '%s' was cancelled; its result is discarded",
                       t->reg->tmpl->steps[s->idx].name);
+    }
+    if (s->state == TASKER_STEP_IN_PROGRESS && cl->attempt == s->attempts && s->heap_pos &&
+        s->due_mono <= tk_mono_ns()) {
+        /* Its time ran out while no thread was free to notice: the timeout
+         * happened first, so this result is late. */
+        tk_heap_remove(c, s);
+        time_out(c, s, tk_now_ns());
     }
     if (s->state != TASKER_STEP_IN_PROGRESS || cl->attempt != s->attempts) {
         claim_done(c, cl);

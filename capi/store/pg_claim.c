@@ -22,6 +22,8 @@
 
 /* ---- claims ------------------------------------------------------------- */
 
+static size_t backlog_target(const tk_pg *pg);
+
 void tk_pg_claim_free(tk_pgclaim *cl)
 {
     if (!cl)
@@ -86,20 +88,20 @@ static char *put(char **o, const char *s, size_t n)
     return d;
 }
 
-/* Builds one claim from row `i` of a tasker.claim() result. */
-static tk_pgclaim *claim_from_row(tk_pg *pg, PGresult *r, int i, int64_t deadline)
+/* Builds one claim from row `i` of a result whose claim columns (those of
+ * tasker.claim) start at column `off`. */
+static tk_pgclaim *claim_from_row(tk_pg *pg, PGresult *r, int i, int off, int64_t deadline)
 {
     char **dn = NULL, **dr = NULL, *dn_mem = NULL, *dr_mem = NULL;
     size_t *dn_len = NULL, *dr_len = NULL;
     tk_pgclaim *cl = NULL;
-    long nd = tk_pg_parse_array(PQgetvalue(r, i, 11), &dn, &dn_len, &dn_mem);
-    long nr = tk_pg_parse_array(PQgetvalue(r, i, 12), &dr, &dr_len, &dr_mem);
+    long nd = tk_pg_parse_array(PQgetvalue(r, i, off + 11), &dn, &dn_len, &dn_mem);
+    long nr = tk_pg_parse_array(PQgetvalue(r, i, off + 12), &dr, &dr_len, &dr_mem);
     if (nd < 0 || nr != nd)
         goto out;
-    static const int cols[] = {4, 5, 6, 7, 8, 9, 10};
     size_t size = 0;
-    for (size_t k = 0; k < sizeof cols / sizeof cols[0]; k++)
-        size += (size_t)PQgetlength(r, i, cols[k]) + 1;
+    for (int k = 4; k <= 10; k++)
+        size += (size_t)PQgetlength(r, i, off + k) + 1;
     for (long k = 0; k < nd; k++)
         size += dn_len[k] + 1 + (dr[k] ? dr_len[k] : 4) + 1;
     size_t arrays = (size_t)nd * (2 * sizeof(char *) + sizeof(size_t));
@@ -116,14 +118,14 @@ static tk_pgclaim *claim_from_row(tk_pg *pg, PGresult *r, int i, int64_t deadlin
     size_t *lens = (size_t *)(void *)(results + nd);
     char *o = mem + arrays;
     tk_claim_view *v = &cl->view;
-    v->uuid = put(&o, PQgetvalue(r, i, 4), (size_t)PQgetlength(r, i, 4));
-    v->task_uuid = put(&o, PQgetvalue(r, i, 5), (size_t)PQgetlength(r, i, 5));
-    v->name = put(&o, PQgetvalue(r, i, 6), (size_t)PQgetlength(r, i, 6));
-    v->handler = put(&o, PQgetvalue(r, i, 7), (size_t)PQgetlength(r, i, 7));
-    v->ns = put(&o, PQgetvalue(r, i, 8), (size_t)PQgetlength(r, i, 8));
-    v->template_name = put(&o, PQgetvalue(r, i, 9), (size_t)PQgetlength(r, i, 9));
-    v->context_len = (size_t)PQgetlength(r, i, 10);
-    v->context = put(&o, PQgetvalue(r, i, 10), v->context_len);
+    v->uuid = put(&o, PQgetvalue(r, i, off + 4), (size_t)PQgetlength(r, i, off + 4));
+    v->task_uuid = put(&o, PQgetvalue(r, i, off + 5), (size_t)PQgetlength(r, i, off + 5));
+    v->name = put(&o, PQgetvalue(r, i, off + 6), (size_t)PQgetlength(r, i, off + 6));
+    v->handler = put(&o, PQgetvalue(r, i, off + 7), (size_t)PQgetlength(r, i, off + 7));
+    v->ns = put(&o, PQgetvalue(r, i, off + 8), (size_t)PQgetlength(r, i, off + 8));
+    v->template_name = put(&o, PQgetvalue(r, i, off + 9), (size_t)PQgetlength(r, i, off + 9));
+    v->context_len = (size_t)PQgetlength(r, i, off + 10);
+    v->context = put(&o, PQgetvalue(r, i, off + 10), v->context_len);
     for (long k = 0; k < nd; k++) {
         names[k] = put(&o, dn[k], dn_len[k]);
         /* A dependency that succeeded without a result reads as "null". */
@@ -134,11 +136,11 @@ static tk_pgclaim *claim_from_row(tk_pg *pg, PGresult *r, int i, int64_t deadlin
     v->dep_names = names;
     v->dep_results = results;
     v->dep_result_lens = lens;
-    v->max_attempts = (uint32_t)strtoul(PQgetvalue(r, i, 3), NULL, 10);
-    cl->task_id = strtoll(PQgetvalue(r, i, 0), NULL, 10);
-    cl->idx = (int32_t)strtol(PQgetvalue(r, i, 1), NULL, 10);
+    v->max_attempts = (uint32_t)strtoul(PQgetvalue(r, i, off + 3), NULL, 10);
+    cl->task_id = strtoll(PQgetvalue(r, i, off + 0), NULL, 10);
+    cl->idx = (int32_t)strtol(PQgetvalue(r, i, off + 1), NULL, 10);
     cl->base.view = &cl->view;
-    cl->base.attempt = (uint32_t)strtoul(PQgetvalue(r, i, 2), NULL, 10);
+    cl->base.attempt = (uint32_t)strtoul(PQgetvalue(r, i, off + 2), NULL, 10);
     cl->deadline_mono = deadline;
     cl->pg = pg;
     cl->pins = TK_PIN_HELD;
@@ -151,6 +153,72 @@ out:
     tk_free(dr_len);
     tk_free(dr_mem);
     return cl;
+}
+
+size_t tk_pg_claims_from_result(tk_pg *pg, PGresult *r, int off, int kind_col, int64_t deadline,
+                                int poll, tk_pgclaim **list)
+{
+    int rows = PQntuples(r);
+    tk_pgclaim *head = NULL, *tail = NULL;
+    size_t n = 0;
+    for (int i = 0; i < rows; i++) {
+        if (kind_col >= 0 && strcmp(PQgetvalue(r, i, kind_col), "1") != 0)
+            continue;
+        /* Out of memory: the step stays claimed in the database and runs
+         * again when its lease expires. */
+        tk_pgclaim *cl = claim_from_row(pg, r, i, off, deadline);
+        if (!cl)
+            continue;
+        cl->poll = (uint8_t)poll;
+        cl->state = poll ? TK_CL_RUNNING : TK_CL_QUEUED;
+        if (tail)
+            tail->qnext = cl;
+        else
+            head = cl;
+        tail = cl;
+        n++;
+    }
+    pthread_mutex_lock(&pg->mu);
+    for (tk_pgclaim *cl = head; cl; cl = cl->qnext) {
+        cl->next = pg->held;
+        if (pg->held)
+            pg->held->prev = cl;
+        pg->held = cl;
+        pg->n_held++;
+    }
+    if (poll)
+        pg->n_out += n;
+    pthread_mutex_unlock(&pg->mu);
+    atomic_fetch_add(&pg->n_claimed, n);
+    *list = head;
+    return n;
+}
+
+void tk_pg_enqueue_local_locked(tk_pg *pg, tk_pgclaim *list, size_t n)
+{
+    if (!n)
+        return;
+    for (tk_pgclaim *cl = list; cl; cl = cl->qnext) {
+        if (pg->lq_tail)
+            pg->lq_tail->qnext = cl;
+        else
+            pg->lq_head = cl;
+        pg->lq_tail = cl;
+    }
+    pg->n_lq += n;
+    if (n > 1)
+        pthread_cond_broadcast(&pg->work_cv);
+    else
+        pthread_cond_signal(&pg->work_cv);
+}
+
+size_t tk_pg_backlog_want_locked(const tk_pg *pg)
+{
+    if (!pg->claimer_on || pg->stopping || pg->closing || !pg->worker_handlers ||
+        !strcmp(pg->worker_handlers, "{}"))
+        return 0;
+    size_t target = backlog_target(pg);
+    return pg->n_lq < target ? target - pg->n_lq : 0;
 }
 
 int tk_pg_claim_batch(tk_pg *pg, tk_pgconn *c, const char *handlers, size_t max, int poll,
@@ -170,39 +238,12 @@ int tk_pg_claim_batch(tk_pg *pg, tk_pgconn *c, const char *handlers, size_t max,
      * this, so the local deadline is never later than the real one. */
     int64_t deadline = tk_mono_ns() + (int64_t)lease_ms * 1000000;
     PGresult *r = tk_pg_run(pg, c, TK_PS_CLAIM, 4, vals, NULL);
+    atomic_fetch_add(&pg->n_claim_calls, 1);
     if (!r)
         return tasker_error_last()->code;
-    int rows = PQntuples(r);
-    tk_pgclaim *head = NULL, *tail = NULL;
-    size_t n = 0;
-    for (int i = 0; i < rows; i++) {
-        /* Out of memory: the step stays claimed in the database and runs
-         * again when its lease expires. */
-        tk_pgclaim *cl = claim_from_row(pg, r, i, deadline);
-        if (!cl)
-            continue;
-        cl->poll = (uint8_t)poll;
-        cl->state = poll ? TK_CL_RUNNING : TK_CL_QUEUED;
-        if (tail)
-            tail->qnext = cl;
-        else
-            head = cl;
-        tail = cl;
-        n++;
-    }
+    tk_pgclaim *head;
+    size_t n = tk_pg_claims_from_result(pg, r, 0, -1, deadline, poll, &head);
     PQclear(r);
-    pthread_mutex_lock(&pg->mu);
-    for (tk_pgclaim *cl = head; cl; cl = cl->qnext) {
-        cl->next = pg->held;
-        if (pg->held)
-            pg->held->prev = cl;
-        pg->held = cl;
-        pg->n_held++;
-    }
-    if (poll)
-        pg->n_out += n;
-    pthread_mutex_unlock(&pg->mu);
-    atomic_fetch_add(&pg->n_claimed, n);
     *list = head;
     *n_out = n;
     return TASKER_OK;
@@ -435,20 +476,7 @@ static void *claimer_main(void *arg)
         }
         backoff = 0;
         pthread_mutex_lock(&pg->mu);
-        if (n) {
-            for (tk_pgclaim *cl = list; cl; cl = cl->qnext) {
-                if (pg->lq_tail)
-                    pg->lq_tail->qnext = cl;
-                else
-                    pg->lq_head = cl;
-                pg->lq_tail = cl;
-            }
-            pg->n_lq += n;
-            if (n > 1)
-                pthread_cond_broadcast(&pg->work_cv);
-            else
-                pthread_cond_signal(&pg->work_cv);
-        }
+        tk_pg_enqueue_local_locked(pg, list, n);
         /* Fewer than asked: the queue is drained for now.  Sleep until a
          * notification, a due retry or lease expiry, or the poll interval. */
         drained = n < want;
@@ -467,7 +495,7 @@ static void *claimer_main(void *arg)
 
 int tk_pg_start(tk_pg *pg, unsigned n_threads)
 {
-    int rc = TASKER_OK;
+    int rc = TASKER_OK, created = 0;
     pthread_mutex_lock(&pg->mu);
     if (pg->closing)
         rc = tk_err(TASKER_ECLOSED, TASKER_CATEGORY_STATE, NULL, "coordinator is closed");
@@ -476,9 +504,13 @@ int tk_pg_start(tk_pg *pg, unsigned n_threads)
                     "worker threads are already running (%u)", pg->n_workers);
     else if (!(pg->workers = tk_calloc(n_threads, sizeof *pg->workers)))
         rc = tk_enomem();
-    else
-        rc = tk_pg_runtime_start_locked(pg);
-    if (rc == TASKER_OK) {
+    else if ((rc = tk_pg_runtime_start_locked(pg)) == TASKER_OK)
+        created = 1;
+    else {
+        tk_free(pg->workers);
+        pg->workers = NULL;
+    }
+    if (created) {
         pg->stopping = 0;
         pg->n_workers = 0;
         for (unsigned i = 0; i < n_threads; i++) {
@@ -497,7 +529,9 @@ int tk_pg_start(tk_pg *pg, unsigned n_threads)
                 pg->claimer_on = 1;
         }
     }
-    int cleanup = rc != TASKER_OK && pg->workers;
+    /* Only a start that made threads undoes them: EBUSY leaves the
+     * running workers alone. */
+    int cleanup = rc != TASKER_OK && created;
     pthread_mutex_unlock(&pg->mu);
     if (cleanup)
         tk_pg_stop(pg, 0);

@@ -22,6 +22,11 @@ static const struct {
                         "SELECT * FROM tasker.complete_steps($1::int, $2::bigint[], $3::int[], "
                         "$4::int[], $5::boolean[], $6::text[], $7::text[], $8::text[], "
                         "$9::boolean[], $10::bigint[], $11::text[])"},
+    [TK_PS_COMPLETE_CLAIM] = {"tk_complete_claim",
+                              "SELECT * FROM tasker.complete_and_claim($1::int, $2::bigint[], "
+                              "$3::int[], $4::int[], $5::boolean[], $6::text[], $7::text[], "
+                              "$8::text[], $9::boolean[], $10::bigint[], $11::text[], "
+                              "$12::text[], $13::int, $14::int)"},
     [TK_PS_HEARTBEAT] = {"tk_heartbeat", "SELECT * FROM tasker.heartbeat($1::int, $2::bigint[], "
                                          "$3::int[], $4::int[], $5::int)"},
     [TK_PS_RELEASE] = {"tk_release", "SELECT tasker.release_steps($1::int, $2::bigint[], "

@@ -59,14 +59,25 @@ static tk_pgclaim *finish_locked(tk_pg *pg, tk_pgclaim *cl)
     return tk_pg_unpin_locked(pg, cl, TK_PIN_HELD);
 }
 
-int tk_pg_step_complete(tasker_step *step, int ok, const char *result, size_t len,
-                        const tasker_failure *failure)
+/* The outcome of an attempt, checked and copied before anything changes: a
+ * malformed result leaves the step in progress. */
+typedef struct outcome {
+    char *res, *cls, *msg, *ctx;
+} outcome;
+
+static void outcome_free(outcome *o)
 {
-    tk_pgclaim *cl = (tk_pgclaim *)(void *)step;
-    tk_pg *pg = cl->pg;
-    char *res = NULL, *cls = NULL, *msg = NULL, *ctx = NULL;
-    /* Inputs are checked before anything changes: a malformed result
-     * leaves the step in progress. */
+    tk_free(o->res);
+    tk_free(o->cls);
+    tk_free(o->msg);
+    tk_free(o->ctx);
+    memset(o, 0, sizeof *o);
+}
+
+static int prepare(outcome *o, const tk_pgclaim *cl, int ok, const char *result, size_t len,
+                   const tasker_failure *failure)
+{
+    memset(o, 0, sizeof *o);
     if (ok) {
         if (result && len && !(len == 4 && !memcmp(result, "null", 4))) {
             json_error_t jerr;
@@ -77,88 +88,158 @@ int tk_pg_step_complete(tasker_step *step, int ok, const char *result, size_t le
                               "step '%s': result is not valid JSON: %s", cl->view.name,
                               jerr.text);
             json_decref(j);
-            if (!(res = tk_strndup(result, len)))
+            if (!(o->res = tk_strndup(result, len)))
                 return tk_enomem();
         }
-    } else {
-        if (failure->context_json) {
-            json_t *j = json_loads(failure->context_json, 0, NULL);
-            int is_obj = json_is_object(j);
-            json_decref(j);
-            if (!is_obj)
-                return tk_einval("tasker_step_fail: context_json must be a JSON object");
-        }
-        cls = tk_strdup(failure->error_class ? failure->error_class : "Error");
-        msg = tk_strdup(failure->message ? failure->message : "");
-        ctx = failure->context_json ? tk_strdup(failure->context_json) : NULL;
-        if (!cls || !msg || (failure->context_json && !ctx)) {
-            tk_free(cls);
-            tk_free(msg);
-            tk_free(ctx);
-            return tk_enomem();
-        }
+        return TASKER_OK;
     }
+    if (failure->context_json) {
+        json_t *j = json_loads(failure->context_json, 0, NULL);
+        int is_obj = json_is_object(j);
+        json_decref(j);
+        if (!is_obj)
+            return tk_einval("tasker_step_fail: context_json must be a JSON object");
+    }
+    o->cls = tk_strdup(failure->error_class ? failure->error_class : "Error");
+    o->msg = tk_strdup(failure->message ? failure->message : "");
+    o->ctx = failure->context_json ? tk_strdup(failure->context_json) : NULL;
+    if (!o->cls || !o->msg || (failure->context_json && !o->ctx)) {
+        outcome_free(o);
+        return tk_enomem();
+    }
+    return TASKER_OK;
+}
 
+/* Hands a completion to the flusher (lock held).  Returns 1 when queued
+ * (the caller then waits unless completions are asynchronous), else a
+ * status code: the completion was settled here without a round trip. */
+static int submit_locked(tk_pg *pg, tk_pgclaim *cl, int ok, outcome *o,
+                         const tasker_failure *failure, tk_pgclaim **gone)
+{
+    if (cl->base.done)
+        return tk_err(TASKER_ESTATE, TASKER_CATEGORY_STATE,
+                      json_pack("{s:s, s:s, s:i}", "task", cl->view.task_uuid, "step",
+                                cl->view.name, "attempt", (int)cl->base.attempt),
+                      "step '%s' attempt %u was already completed", cl->view.name,
+                      cl->base.attempt);
+    cl->base.done = 1;
+    if (pg->closed) {
+        *gone = finish_locked(pg, cl);
+        return tk_err(TASKER_ECLOSED, TASKER_CATEGORY_STATE, NULL,
+                      "coordinator was closed; the step's result is discarded");
+    }
+    if (cl->lost || tk_mono_ns() >= cl->deadline_mono) {
+        /* The lease is known to be gone: no round trip needed. */
+        atomic_fetch_add(&pg->n_fenced, 1);
+        *gone = finish_locked(pg, cl);
+        return status_error(cl, ST_STALE);
+    }
+    cl->ok = (uint8_t)(ok != 0);
+    cl->result = o->res;
+    cl->f_class = o->cls;
+    cl->f_message = o->msg;
+    cl->f_context = o->ctx;
+    memset(o, 0, sizeof *o);
+    cl->f_retryable = (uint8_t)(!ok && failure->retryable != 0);
+    cl->f_after = ok ? -1 : failure->retry_after_ms;
+    cl->state = TK_CL_FLUSHING;
+    cl->qnext = NULL;
+    if (pg->fq_tail)
+        pg->fq_tail->qnext = cl;
+    else
+        pg->fq_head = cl;
+    pg->fq_tail = cl;
+    pg->n_fq++;
+    pthread_cond_signal(&pg->flush_cv);
+    if (!pg->async_complete)
+        cl->pins |= TK_PIN_WAITER;
+    return 1;
+}
+
+/* Waits for a queued completion's status (lock held; it is released while
+ * the error is formatted). */
+static int wait_locked(tk_pg *pg, tk_pgclaim *cl, tk_pgclaim **gone)
+{
+    while (cl->state != TK_CL_FINISHED)
+        pthread_cond_wait(&pg->flushed_cv, &pg->mu);
     int rc = TASKER_OK;
+    if (cl->status != ST_OK) {
+        /* status_error reads the claim: it stays pinned until then. */
+        pthread_mutex_unlock(&pg->mu);
+        rc = status_error(cl, cl->status);
+        pthread_mutex_lock(&pg->mu);
+    }
+    *gone = tk_pg_unpin_locked(pg, cl, TK_PIN_WAITER);
+    return rc;
+}
+
+int tk_pg_step_complete(tasker_step *step, int ok, const char *result, size_t len,
+                        const tasker_failure *failure)
+{
+    tk_pgclaim *cl = (tk_pgclaim *)(void *)step;
+    tk_pg *pg = cl->pg;
+    outcome o;
+    int rc = prepare(&o, cl, ok, result, len, failure);
+    if (rc)
+        return rc;
     tk_pgclaim *gone = NULL;
     pthread_mutex_lock(&pg->mu);
-    if (cl->base.done) {
-        rc = tk_err(TASKER_ESTATE, TASKER_CATEGORY_STATE,
-                    json_pack("{s:s, s:s, s:i}", "task", cl->view.task_uuid, "step",
-                              cl->view.name, "attempt", (int)cl->base.attempt),
-                    "step '%s' attempt %u was already completed", cl->view.name,
-                    cl->base.attempt);
-    } else if (pg->closed) {
-        cl->base.done = 1;
-        gone = finish_locked(pg, cl);
-        rc = tk_err(TASKER_ECLOSED, TASKER_CATEGORY_STATE, NULL,
-                    "coordinator was closed; the step's result is discarded");
-    } else if (cl->lost || tk_mono_ns() >= cl->deadline_mono) {
-        /* The lease is known to be gone: no round trip needed. */
-        cl->base.done = 1;
-        atomic_fetch_add(&pg->n_fenced, 1);
-        gone = finish_locked(pg, cl);
-        rc = status_error(cl, ST_STALE);
-    } else {
-        cl->base.done = 1;
-        cl->ok = (uint8_t)(ok != 0);
-        cl->result = res;
-        cl->f_class = cls;
-        cl->f_message = msg;
-        cl->f_context = ctx;
-        cl->f_retryable = (uint8_t)(!ok && failure->retryable != 0);
-        cl->f_after = ok ? -1 : failure->retry_after_ms;
-        res = cls = msg = ctx = NULL;
-        cl->state = TK_CL_FLUSHING;
-        cl->qnext = NULL;
-        if (pg->fq_tail)
-            pg->fq_tail->qnext = cl;
-        else
-            pg->fq_head = cl;
-        pg->fq_tail = cl;
-        pg->n_fq++;
-        pthread_cond_signal(&pg->flush_cv);
-        if (!pg->async_complete) {
-            cl->pins |= TK_PIN_WAITER;
-            while (cl->state != TK_CL_FINISHED)
-                pthread_cond_wait(&pg->flushed_cv, &pg->mu);
-            int status = cl->status;
-            if (status != ST_OK) {
-                /* status_error reads the claim: keep it pinned until then. */
-                pthread_mutex_unlock(&pg->mu);
-                rc = status_error(cl, status);
-                pthread_mutex_lock(&pg->mu);
-            }
-            gone = tk_pg_unpin_locked(pg, cl, TK_PIN_WAITER);
-        }
-    }
+    rc = submit_locked(pg, cl, ok, &o, failure, &gone);
+    if (rc == 1)
+        rc = pg->async_complete ? TASKER_OK : wait_locked(pg, cl, &gone);
     pthread_mutex_unlock(&pg->mu);
-    tk_free(res);
-    tk_free(cls);
-    tk_free(msg);
-    tk_free(ctx);
+    outcome_free(&o);
     tk_pg_claim_free(gone);
     return rc;
+}
+
+int tk_pg_steps_succeed(int *rc_out, tasker_step *const *steps, const char *const *results,
+                        const size_t *lens, size_t n)
+{
+    /* Everything is queued before anybody waits, so the whole batch goes
+     * into one flush (one transaction, one commit). */
+    tk_pgclaim **gone = tk_calloc(n ? n : 1, sizeof *gone);
+    uint8_t *queued = tk_calloc(n ? n : 1, 1);
+    if (!gone || !queued) {
+        tk_free(gone);
+        tk_free(queued);
+        for (size_t i = 0; i < n; i++)
+            rc_out[i] = tasker_step_succeed(steps[i], results ? results[i] : NULL,
+                                            results && results[i] && lens ? lens[i] : 0);
+        return TASKER_OK;
+    }
+    for (size_t i = 0; i < n; i++) {
+        tk_pgclaim *cl = (tk_pgclaim *)(void *)steps[i];
+        if (!cl) {
+            rc_out[i] = tk_einval("tasker_steps_succeed: step %zu is NULL", i);
+            continue;
+        }
+        const char *r = results ? results[i] : NULL;
+        size_t len = r ? (lens && lens[i] ? lens[i] : strlen(r)) : 0;
+        outcome o;
+        tasker_failure none = TASKER_FAILURE_INIT;
+        if ((rc_out[i] = prepare(&o, cl, 1, r, len, NULL)) != TASKER_OK)
+            continue;
+        pthread_mutex_lock(&cl->pg->mu);
+        int rc = submit_locked(cl->pg, cl, 1, &o, &none, &gone[i]);
+        pthread_mutex_unlock(&cl->pg->mu);
+        outcome_free(&o);
+        queued[i] = rc == 1;
+        rc_out[i] = rc == 1 ? TASKER_OK : rc;
+    }
+    for (size_t i = 0; i < n; i++) {
+        tk_pgclaim *cl = (tk_pgclaim *)(void *)steps[i];
+        if (!queued[i] || cl->pg->async_complete)
+            continue;
+        pthread_mutex_lock(&cl->pg->mu);
+        rc_out[i] = wait_locked(cl->pg, cl, &gone[i]);
+        pthread_mutex_unlock(&cl->pg->mu);
+    }
+    for (size_t i = 0; i < n; i++)
+        tk_pg_claim_free(gone[i]);
+    tk_free(gone);
+    tk_free(queued);
+    return TASKER_OK;
 }
 
 /* ---- the flusher ------------------------------------------------------------- */
@@ -205,8 +286,11 @@ static void arrays_free(arrays *a)
  * (connection lost, deadlock) are retried: the function recognises entries
  * an earlier, interrupted attempt already recorded. */
 static void flush_batch(tk_pg *pg, tk_pgconn **cp, tk_pgclaim **cls, size_t n, int *status,
-                        char **err)
+                        char **err, const char *handlers, size_t want, int lease_ms,
+                        tk_pgclaim **claims, size_t *n_claims)
 {
+    *claims = NULL;
+    *n_claims = 0;
     *err = NULL;
     arrays a;
     if (build(&a, cls, n) < 0) {
@@ -216,11 +300,19 @@ static void flush_batch(tk_pg *pg, tk_pgconn **cp, tk_pgclaim **cls, size_t n, i
         *err = tk_strdup("out of memory");
         return;
     }
-    char worker[16];
+    char worker[16], lim[24], lease[16];
     snprintf(worker, sizeof worker, "%d", pg->worker_id);
-    const char *vals[11] = {worker};
+    snprintf(lim, sizeof lim, "%zu", want);
+    snprintf(lease, sizeof lease, "%d", lease_ms);
+    const char *vals[14] = {worker};
     for (int k = 0; k < 10; k++)
         vals[k + 1] = a.b[k].p;
+    /* Worker threads want more work: claim it in the same transaction. */
+    int with_claim = handlers && want > 0;
+    vals[11] = handlers;
+    vals[12] = lim;
+    vals[13] = lease;
+    int64_t deadline = tk_mono_ns() + (int64_t)lease_ms * 1000000;
     PGresult *r = NULL;
     unsigned backoff = 0;
     for (int attempt = 0; attempt < 20; attempt++) {
@@ -229,7 +321,9 @@ static void flush_batch(tk_pg *pg, tk_pgconn **cp, tk_pgclaim **cls, size_t n, i
             *cp = NULL;
             transient = 1;
         } else {
-            r = tk_pg_run(pg, *cp, TK_PS_COMPLETE, 11, vals, &transient);
+            r = with_claim ? tk_pg_run(pg, *cp, TK_PS_COMPLETE_CLAIM, 14, vals, &transient)
+                           : tk_pg_run(pg, *cp, TK_PS_COMPLETE, 11, vals, &transient);
+            atomic_fetch_add(&pg->n_flush_calls, 1);
             if (r)
                 break;
             if (PQstatus((*cp)->conn) != CONNECTION_OK) {
@@ -249,12 +343,20 @@ static void flush_batch(tk_pg *pg, tk_pgconn **cp, tk_pgclaim **cls, size_t n, i
         backoff = tk_pg_backoff_sleep(pg, backoff, &never);
     }
     if (r) {
+        /* complete_and_claim: kind, ord, status, then the claim columns. */
+        int oc = with_claim ? 1 : 0;
         for (size_t i = 0; i < n; i++)
             status[i] = ST_STALE;
         for (int row = 0; row < PQntuples(r); row++) {
-            long ord = strtol(PQgetvalue(r, row, 0), NULL, 10);
+            if (with_claim && strcmp(PQgetvalue(r, row, 0), "0") != 0)
+                continue;
+            long ord = strtol(PQgetvalue(r, row, oc), NULL, 10);
             if (ord >= 1 && (size_t)ord <= n)
-                status[ord - 1] = atoi(PQgetvalue(r, row, 1));
+                status[ord - 1] = atoi(PQgetvalue(r, row, oc + 1));
+        }
+        if (with_claim) {
+            *n_claims = tk_pg_claims_from_result(pg, r, 3, 0, deadline, 0, claims);
+            atomic_fetch_add(&pg->n_claim_calls, 1);
         }
         PQclear(r);
     } else {
@@ -300,7 +402,12 @@ static void *flusher_main(void *arg)
         if (!pg->fq_head)
             pg->fq_tail = NULL;
         pg->n_fq -= n;
+        tk_pg_handlers_refresh_locked(pg);
+        size_t want = tk_pg_backlog_want_locked(pg);
+        char *handlers = want ? tk_strdup(pg->worker_handlers) : NULL;
+        int lease_ms = pg->lease_ms;
         if (n == 0) {
+            tk_free(handlers);
             /* No memory for the batch array: fail the first entry. */
             tk_pgclaim *cl = pg->fq_head;
             pg->fq_head = cl->qnext;
@@ -318,7 +425,11 @@ static void *flusher_main(void *arg)
         pthread_mutex_unlock(&pg->mu);
 
         char *err = NULL;
-        flush_batch(pg, &c, cls, n, status, &err);
+        tk_pgclaim *claims = NULL;
+        size_t n_claims = 0;
+        flush_batch(pg, &c, cls, n, status, &err, handlers, handlers ? want : 0, lease_ms,
+                    &claims, &n_claims);
+        tk_free(handlers);
 
         tk_pgclaim *gone = NULL;
         size_t done = 0, fenced = 0;
@@ -337,6 +448,10 @@ static void *flusher_main(void *arg)
             }
         }
         pthread_cond_broadcast(&pg->flushed_cv);
+        if (n_claims) {
+            /* Workers stopping meanwhile: tk_pg_stop releases what is queued. */
+            tk_pg_enqueue_local_locked(pg, claims, n_claims);
+        }
         pthread_mutex_unlock(&pg->mu);
         atomic_fetch_add(&pg->n_completed, done);
         atomic_fetch_add(&pg->n_fenced, fenced);

@@ -19,7 +19,7 @@
 #ifndef TASKER_STORE_PG_INTERNAL_H
 #define TASKER_STORE_PG_INTERNAL_H
 
-#include <libpq-fe.h>
+#include "store/pq_dl.h" /* libpq through dlopen: PQ* calls go via tk_pq */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -37,6 +37,7 @@
 typedef enum tk_ps {
     TK_PS_CLAIM,
     TK_PS_COMPLETE,
+    TK_PS_COMPLETE_CLAIM,
     TK_PS_HEARTBEAT,
     TK_PS_RELEASE,
     TK_PS_NEXT_DUE,
@@ -167,7 +168,7 @@ struct tk_pg {
     size_t n_ret;
 
     /* counters */
-    atomic_ulong n_fenced, n_completed, n_claimed;
+    atomic_ulong n_fenced, n_completed, n_claimed, n_claim_calls, n_flush_calls;
 };
 
 /* ---- pg_conn.c: connections and statements ---- */
@@ -227,6 +228,15 @@ void tk_pg_poll_arm_locked(tk_pg *pg, int ready, int64_t due_ms);
  * the new claims are held and returned in a list linked by qnext. */
 int tk_pg_claim_batch(tk_pg *pg, tk_pgconn *c, const char *handlers, size_t max, int poll,
                       tk_pgclaim **list, size_t *n);
+/* Builds and holds the claims in a result (columns of tasker.claim from
+ * `off`; only rows whose column `kind_col` is 1 when kind_col >= 0).
+ * Returns how many, linked by qnext. */
+size_t tk_pg_claims_from_result(tk_pg *pg, PGresult *r, int off, int kind_col, int64_t deadline,
+                                int poll, tk_pgclaim **list);
+/* Appends claims to the local queue for the worker threads (lock held). */
+void tk_pg_enqueue_local_locked(tk_pg *pg, tk_pgclaim *list, size_t n);
+/* How many more claims worker mode wants queued locally (lock held). */
+size_t tk_pg_backlog_want_locked(const tk_pg *pg);
 /* Gives claims back to the queue (lock not held). */
 void tk_pg_release(tk_pg *pg, tk_pgconn *c, tk_pgclaim **cls, size_t n, int uncount);
 /* Refreshes the cached handler lists from the coordinator (lock held). */

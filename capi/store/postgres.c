@@ -107,6 +107,9 @@ static int register_worker(tk_pg *pg, tk_pgconn *c)
 int tk_pg_open(tk_pg **out, tasker_coordinator *coord, const struct tasker_config *cfg)
 {
     *out = NULL;
+    int rc = tk_pq_load();
+    if (rc)
+        return rc;
     const char *url = tk_config_str(cfg, TK_CFG_DATABASE_URL);
     if (!url || !*url)
         return tk_err(TASKER_ECONFIG, TASKER_CATEGORY_CONFIG,
@@ -136,7 +139,6 @@ int tk_pg_open(tk_pg **out, tasker_coordinator *coord, const struct tasker_confi
     pthread_cond_init(&pg->heart_cv, &ca);
     pthread_condattr_destroy(&ca);
 
-    int rc;
     char *why = NULL;
     tk_pgconn *c = NULL;
     if (!(pg->conninfo = tk_strdup(url))) {
@@ -272,6 +274,8 @@ int tk_pg_stats(tasker_coordinator *coord, tk_pg_stat *out)
     out->fenced = atomic_load(&pg->n_fenced);
     out->completed = atomic_load(&pg->n_completed);
     out->claimed = atomic_load(&pg->n_claimed);
+    out->claim_calls = atomic_load(&pg->n_claim_calls);
+    out->flush_calls = atomic_load(&pg->n_flush_calls);
     return TASKER_OK;
 }
 

@@ -58,6 +58,11 @@ int tk_pg_claim(tk_pg *pg, tasker_step **steps_out, size_t *n_out, size_t max);
  * `result` (JSON or NULL), else fail with `failure`. */
 int tk_pg_step_complete(tasker_step *step, int ok, const char *result, size_t len,
                         const tasker_failure *failure);
+/* Successes of several claimed steps (all step->view != NULL), recorded in
+ * one transaction: every completion is queued before any is waited for.
+ * rc_out[i] is what tasker_step_succeed would have returned. */
+int tk_pg_steps_succeed(int *rc_out, tasker_step *const *steps, const char *const *results,
+                        const size_t *lens, size_t n);
 
 /*
  * Internal tuning for tests and benchmarks (no config keys yet; see
@@ -80,6 +85,7 @@ typedef struct tk_pg_stat {
     int worker_id;        /* tasker.workers id of this coordinator */
     unsigned long fenced; /* completions refused because the lease was lost */
     unsigned long completed, claimed;
+    unsigned long claim_calls, flush_calls; /* round trips: claimed/claim_calls = mean batch */
 } tk_pg_stat;
 int tk_pg_stats(tasker_coordinator *coord, tk_pg_stat *out);
 
