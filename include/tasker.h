@@ -200,6 +200,7 @@ typedef struct tasker_step tasker_step;
  *   task.max_context_bytes    largest task context JSON (default 16777216)
  *   memory.retain_finished    finished tasks kept by the memory store before
  *                             the oldest are forgotten; 0 keeps all (default 0)
+ *   metrics.enabled           true (default) or false: count for tasker_metrics_text
  *   log.level                 off (default), error, warn, info, debug
  *   log.sink                  stderr (default), stdout, or a file path (appended)
  *   breaker.failure_threshold consecutive failures that open a circuit; 0 = off

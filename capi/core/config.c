@@ -30,6 +30,7 @@ static const struct {
                                        1073741824, NULL},
     [TK_CFG_MEMORY_RETAIN_FINISHED] = {"memory.retain_finished", T_INT, NULL, 0, 0,
                                        1000000000, NULL},
+    [TK_CFG_METRICS_ENABLED] = {"metrics.enabled", T_ENUM, "true", 0, 0, 0, "true|false"},
     [TK_CFG_LOG_LEVEL] = {"log.level", T_ENUM, "off", 0, 0, 0, "off|error|warn|info|debug"},
     [TK_CFG_LOG_SINK] = {"log.sink", T_STR, "stderr", 0, 0, 0, NULL},
     [TK_CFG_BREAKER_FAILURE_THRESHOLD] = {"breaker.failure_threshold", T_INT, NULL, 0, 0,

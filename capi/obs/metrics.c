@@ -94,9 +94,10 @@ static void emit(tasker_coordinator *c, uint32_t type, const tk_task *t, const t
 void tk_obs_step(tasker_coordinator *c, tk_step *s, uint8_t from, uint8_t to, int64_t now,
                  int reason)
 {
+    if (!c->metrics_on && !c->event_mask)
+        return;
     tk_task *t = s->task;
-    tk_handler *h = t->reg->handlers[s->idx];
-    tk_handler_metrics *m = &h->metrics;
+    tk_handler_metrics *m = c->metrics_on ? &t->reg->handlers[s->idx]->metrics : NULL;
     uint32_t ev = 0, ev2 = 0;
     switch (to) {
     case TASKER_STEP_ENQUEUED:
@@ -104,29 +105,34 @@ void tk_obs_step(tasker_coordinator *c, tk_step *s, uint8_t from, uint8_t to, in
         break;
     case TASKER_STEP_IN_PROGRESS:
         ev = TASKER_EVENT_STEP_STARTED;
-        m->started++;
-        tk_hist_add(&m->queue_wait, now - s->enqueued_at);
+        if (m) {
+            m->started++;
+            tk_hist_add(&m->queue_wait, now - s->enqueued_at);
+        }
         break;
     case TASKER_STEP_COMPLETE:
         ev = TASKER_EVENT_STEP_SUCCEEDED;
-        m->succeeded++;
-        tk_hist_add(&m->duration, now - s->started_at);
+        if (m) {
+            m->succeeded++;
+            tk_hist_add(&m->duration, now - s->started_at);
+        }
         break;
     case TASKER_STEP_WAITING_FOR_RETRY:
     case TASKER_STEP_ERROR:
         if (from != TASKER_STEP_IN_PROGRESS)
             break;
         ev = TASKER_EVENT_STEP_FAILED;
-        m->failed++;
-        if (reason == TK_R_TIMED_OUT)
-            m->timed_out++;
-        tk_hist_add(&m->duration, now - s->started_at);
-        if (to == TASKER_STEP_ERROR) {
-            ev2 = TASKER_EVENT_STEP_DEAD_LETTERED;
-            m->dead_lettered++;
-        } else {
-            ev2 = TASKER_EVENT_STEP_RETRY_SCHEDULED;
-            m->retried++;
+        ev2 = to == TASKER_STEP_ERROR ? TASKER_EVENT_STEP_DEAD_LETTERED
+                                      : TASKER_EVENT_STEP_RETRY_SCHEDULED;
+        if (m) {
+            m->failed++;
+            if (reason == TK_R_TIMED_OUT)
+                m->timed_out++;
+            tk_hist_add(&m->duration, now - s->started_at);
+            if (to == TASKER_STEP_ERROR)
+                m->dead_lettered++;
+            else
+                m->retried++;
         }
         break;
     case TASKER_STEP_CANCELLED:
@@ -143,22 +149,29 @@ void tk_obs_step(tasker_coordinator *c, tk_step *s, uint8_t from, uint8_t to, in
 
 void tk_obs_task(tasker_coordinator *c, tk_task *t, uint8_t to, int64_t now)
 {
-    tk_nsobj *ns = t->reg->nsobj;
+    if (!c->metrics_on && !c->event_mask)
+        return;
+    tk_nsobj *ns = c->metrics_on ? t->reg->nsobj : NULL;
     uint32_t ev = 0;
     switch (to) {
     case TASKER_TASK_COMPLETE:
         ev = TASKER_EVENT_TASK_COMPLETED;
-        ns->completed++;
-        tk_hist_add(&ns->task_duration, now - t->created_at);
+        if (ns) {
+            ns->completed++;
+            tk_hist_add(&ns->task_duration, now - t->created_at);
+        }
         break;
     case TASKER_TASK_ERROR:
         ev = TASKER_EVENT_TASK_FAILED;
-        ns->failed++;
-        tk_hist_add(&ns->task_duration, now - t->created_at);
+        if (ns) {
+            ns->failed++;
+            tk_hist_add(&ns->task_duration, now - t->created_at);
+        }
         break;
     case TASKER_TASK_CANCELLED:
         ev = TASKER_EVENT_TASK_CANCELLED;
-        ns->cancelled++;
+        if (ns)
+            ns->cancelled++;
         break;
     default:
         break;
@@ -169,7 +182,8 @@ void tk_obs_task(tasker_coordinator *c, tk_task *t, uint8_t to, int64_t now)
 
 void tk_obs_task_created(tasker_coordinator *c, tk_task *t, int64_t now)
 {
-    t->reg->nsobj->created++;
+    if (c->metrics_on)
+        t->reg->nsobj->created++;
     if (c->event_mask & TASKER_EVENT_TASK_CREATED)
         emit(c, TASKER_EVENT_TASK_CREATED, t, NULL, now);
 }

@@ -110,6 +110,7 @@ int tasker_coordinator_open(tasker_coordinator **out, const tasker_config *cfg)
     pthread_cond_init(&c->work_cv, &ca);
     pthread_cond_init(&c->done_cv, &ca);
     pthread_condattr_destroy(&ca);
+    c->metrics_on = strcmp(tk_config_str(&c->cfg, TK_CFG_METRICS_ENABLED), "true") == 0;
     c->breakers_on = c->cfg.num[TK_CFG_BREAKER_FAILURE_THRESHOLD] > 0 ||
                      c->cfg.num[TK_CFG_BREAKER_FAILURE_RATE_PERCENT] > 0;
     if (strcmp(tk_config_str(&c->cfg, TK_CFG_STORE), "postgres") == 0 &&

@@ -184,6 +184,7 @@ struct tasker_coordinator {
     tk_nsobj *namespaces;
     tk_breaker *breakers;
     int breakers_on; /* a failure threshold or rate is configured */
+    int metrics_on;  /* metrics.enabled */
     struct tasker_subscription *subs;
     uint32_t event_mask; /* union of the subscriptions' masks */
     uint64_t m_fenced, m_store_errors;
