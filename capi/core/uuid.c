@@ -55,7 +55,28 @@ void tk_uuid_new_at(uint8_t out[16], char text[TASKER_UUID_BUFSIZE], int64_t uni
     memcpy(out + 8, gen.tail, 8);
     out[8] = (uint8_t)(0x80 | (out[8] & 0x3f));
     if (text)
-        uuid_unparse_lower(out, text);
+        tk_uuid_format(out, text);
+}
+
+/* Two hex digits per byte from a table, the dashes at fixed places: this
+ * runs for every task, step and event, so it is kept branch-free. */
+static const char hex_pairs[513] =
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+    "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
+    "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
+    "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
+    "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
+    "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+    "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+    "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+
+void tk_uuid_format(const uint8_t in[16], char text[TASKER_UUID_BUFSIZE])
+{
+    static const uint8_t at[16] = {0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34};
+    for (int i = 0; i < 16; i++)
+        memcpy(text + at[i], hex_pairs + 2 * in[i], 2);
+    text[8] = text[13] = text[18] = text[23] = '-';
+    text[36] = '\0';
 }
 
 static int hexval(char ch)

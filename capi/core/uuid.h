@@ -11,6 +11,9 @@ void tk_uuid_new(uint8_t out[16], char text[TASKER_UUID_BUFSIZE]);
 /* The same with the current time already read (ns since the epoch). */
 void tk_uuid_new_at(uint8_t out[16], char text[TASKER_UUID_BUFSIZE], int64_t unix_ns);
 
+/* Writes the 36-character text form and a NUL. */
+void tk_uuid_format(const uint8_t in[16], char text[TASKER_UUID_BUFSIZE]);
+
 /* Parses the text form; returns 0 on success, -1 if malformed. */
 int tk_uuid_parse(uint8_t out[16], const char *text);
 

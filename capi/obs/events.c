@@ -1,10 +1,11 @@
 #include "obs/events.h"
 
 #include <string.h>
-#include <uuid/uuid.h>
+#include <time.h>
 
 #include "core/alloc.h"
 #include "core/error.h"
+#include "core/uuid.h"
 #include "run/engine.h"
 
 static const char *const circuit_names[] = {"closed", "open", "half_open"};
@@ -12,38 +13,64 @@ static const char *const circuit_names[] = {"closed", "open", "half_open"};
 void tk_event_push(struct tasker_subscription *sub, const tk_evrec *ev)
 {
     size_t tail = atomic_load_explicit(&sub->tail, memory_order_relaxed);
-    size_t head = atomic_load_explicit(&sub->head, memory_order_acquire);
-    if (tail - head >= sub->cap) {
-        atomic_fetch_add_explicit(&sub->dropped, 1, memory_order_relaxed);
-        tk_free(ev->err_class);
-        tk_free(ev->err_msg);
-        return;
+    if (tail - sub->head_seen >= sub->cap) {
+        sub->head_seen = atomic_load_explicit(&sub->head, memory_order_acquire);
+        if (tail - sub->head_seen >= sub->cap) {
+            atomic_fetch_add_explicit(&sub->dropped, 1, memory_order_relaxed);
+            tk_free(ev->err_class);
+            tk_free(ev->err_msg);
+            return;
+        }
     }
     sub->ring[tail & (sub->cap - 1)] = *ev;
-    atomic_store_explicit(&sub->tail, tail + 1, memory_order_seq_cst);
-    if (atomic_load_explicit(&sub->sleeping, memory_order_seq_cst)) {
+    /* Release/relaxed rather than a full fence per event: a wake-up missed in
+     * the race with a thread going to sleep costs at most its SLEEP_MS. */
+    atomic_store_explicit(&sub->tail, tail + 1, memory_order_release);
+    int sl = atomic_load_explicit(&sub->sleeping, memory_order_relaxed);
+    /* A napping thread wakes by itself within NAP_MS; wake it early only when
+     * the buffer is filling up.  A sleeping one must be woken. */
+    if (sl == TK_SUB_ASLEEP ||
+        (sl == TK_SUB_NAPPING && tail + 1 - sub->head_seen >= sub->cap / 4)) {
         pthread_mutex_lock(&sub->m);
         pthread_cond_signal(&sub->cv);
         pthread_mutex_unlock(&sub->m);
     }
 }
 
-static void deliver(struct tasker_subscription *sub, const tk_evrec *r)
+/* Consecutive events often name the same task and step: their text forms
+ * are kept from one event to the next (delivery thread only). */
+typedef struct {
+    uint8_t bytes[16];
+    char text[TASKER_UUID_BUFSIZE];
+    int valid;
+} uuid_cache;
+
+static const char *uuid_text(uuid_cache *c, const uint8_t bytes[16])
 {
-    char task_uuid[TASKER_UUID_BUFSIZE] = "", step_uuid[TASKER_UUID_BUFSIZE] = "";
+    if (!c->valid || memcmp(c->bytes, bytes, 16) != 0) {
+        memcpy(c->bytes, bytes, 16);
+        tk_uuid_format(bytes, c->text);
+        c->valid = 1;
+    }
+    return c->text;
+}
+
+static void deliver(struct tasker_subscription *sub, const tk_evrec *r, uuid_cache *tc,
+                    uuid_cache *sc)
+{
     tasker_event ev = {.version = TASKER_EVENT_VERSION, .type = r->type, .at_unix_ns = r->at,
-                       .task_uuid = task_uuid, .step_uuid = step_uuid, .ns = "",
+                       .task_uuid = "", .step_uuid = "", .ns = "",
                        .template_name = "", .step_name = "", .handler = "",
                        .attempt = r->attempt, .circuit = "", .circuit_state = "",
                        .error_class = r->err_class ? r->err_class : "",
                        .error_message = r->err_msg ? r->err_msg : ""};
     if (r->reg) {
         const tasker_template *t = r->reg->tmpl;
-        uuid_unparse_lower(r->task_uuid, task_uuid);
+        ev.task_uuid = uuid_text(tc, r->task_uuid);
         ev.ns = t->ns;
         ev.template_name = t->name;
         if (r->step >= 0) {
-            uuid_unparse_lower(r->step_uuid, step_uuid);
+            ev.step_uuid = uuid_text(sc, r->step_uuid);
             ev.step_name = t->steps[r->step].name;
             ev.handler = t->steps[r->step].handler;
         }
@@ -55,32 +82,63 @@ static void deliver(struct tasker_subscription *sub, const tk_evrec *r)
     sub->fn(&ev, sub->userdata);
 }
 
+#define NAP_MS 2
+#define NAPS_BEFORE_SLEEP 50
+#define SLEEP_MS 200
+
 static void *sub_main(void *arg)
 {
     struct tasker_subscription *sub = arg;
+    int naps = 0;
+    uuid_cache tc = {.valid = 0}, sc = {.valid = 0};
     for (;;) {
         size_t head = atomic_load_explicit(&sub->head, memory_order_relaxed);
         size_t tail = atomic_load_explicit(&sub->tail, memory_order_acquire);
-        if (head == tail) {
-            pthread_mutex_lock(&sub->m);
-            atomic_store_explicit(&sub->sleeping, 1, memory_order_seq_cst);
-            int stop = sub->stop;
-            if (atomic_load_explicit(&sub->tail, memory_order_seq_cst) == head && !stop)
-                pthread_cond_wait(&sub->cv, &sub->m);
-            atomic_store_explicit(&sub->sleeping, 0, memory_order_relaxed);
-            pthread_mutex_unlock(&sub->m);
-            if (stop && atomic_load_explicit(&sub->tail, memory_order_acquire) == head)
-                break;
+        if (head != tail) {
+            for (; head != tail; head++) {
+                tk_evrec rec = sub->ring[head & (sub->cap - 1)];
+                atomic_store_explicit(&sub->head, head + 1, memory_order_release);
+                deliver(sub, &rec, &tc, &sc);
+                tk_free(rec.err_class);
+                tk_free(rec.err_msg);
+                atomic_fetch_add_explicit(&sub->delivered, 1, memory_order_relaxed);
+            }
+            naps = 0;
             continue;
         }
-        for (; head != tail; head++) {
-            tk_evrec rec = sub->ring[head & (sub->cap - 1)];
-            atomic_store_explicit(&sub->head, head + 1, memory_order_release);
-            deliver(sub, &rec);
-            tk_free(rec.err_class);
-            tk_free(rec.err_msg);
-            atomic_fetch_add_explicit(&sub->delivered, 1, memory_order_relaxed);
+        pthread_mutex_lock(&sub->m);
+        int stop = sub->stop;
+        if (!stop) {
+            if (naps < NAPS_BEFORE_SLEEP) {
+                atomic_store_explicit(&sub->sleeping, TK_SUB_NAPPING, memory_order_seq_cst);
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                ts.tv_nsec += NAP_MS * 1000000L;
+                if (ts.tv_nsec >= 1000000000L) {
+                    ts.tv_sec++;
+                    ts.tv_nsec -= 1000000000L;
+                }
+                pthread_cond_timedwait(&sub->cv, &sub->m, &ts);
+                naps++;
+            } else {
+                atomic_store_explicit(&sub->sleeping, TK_SUB_ASLEEP, memory_order_seq_cst);
+                if (atomic_load_explicit(&sub->tail, memory_order_seq_cst) == head && !sub->stop) {
+                    struct timespec ts;
+                    clock_gettime(CLOCK_REALTIME, &ts);
+                    ts.tv_sec += SLEEP_MS / 1000;
+                    ts.tv_nsec += (SLEEP_MS % 1000) * 1000000L;
+                    if (ts.tv_nsec >= 1000000000L) {
+                        ts.tv_sec++;
+                        ts.tv_nsec -= 1000000000L;
+                    }
+                    pthread_cond_timedwait(&sub->cv, &sub->m, &ts);
+                }
+            }
+            atomic_store_explicit(&sub->sleeping, TK_SUB_AWAKE, memory_order_relaxed);
         }
+        pthread_mutex_unlock(&sub->m);
+        if (stop && atomic_load_explicit(&sub->tail, memory_order_acquire) == head)
+            break;
     }
     return NULL;
 }

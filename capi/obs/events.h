@@ -35,14 +35,25 @@ struct tasker_subscription {
     void (*free_userdata)(void *);
     tk_evrec *ring;
     size_t cap; /* a power of two */
-    atomic_size_t head, tail;
+    /* Producer side (written under the coordinator's lock).  The padding keeps
+     * the producer's and the consumer's counters on different cache lines. */
+    atomic_size_t tail;
+    size_t head_seen; /* the producer's last look at head */
+    char pad1[64];
+    /* Consumer side. */
+    atomic_size_t head;
+    atomic_int sleeping; /* TK_SUB_AWAKE, TK_SUB_NAPPING or TK_SUB_ASLEEP */
+    char pad2[64];
     atomic_uint_fast64_t dropped, delivered;
-    atomic_int sleeping;
     int stop;
     pthread_mutex_t m;
     pthread_cond_t cv;
     pthread_t thread;
 };
+
+/* The delivery thread naps (a short timed wait the producer need not end)
+ * while events keep coming, and sleeps (until signalled) once idle. */
+enum { TK_SUB_AWAKE = 0, TK_SUB_NAPPING = 1, TK_SUB_ASLEEP = 2 };
 
 /* Producer side: called with the coordinator's lock held.  Takes the
  * record's strings; frees them if the event is dropped. */

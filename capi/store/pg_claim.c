@@ -332,10 +332,11 @@ void tk_pg_handlers_refresh_locked(tk_pg *pg)
 /* ---- worker mode ---------------------------------------------------------------- */
 
 /* Claims kept in the local queue: enough that no worker thread waits for
- * a round trip, few enough that other processes get a share. */
+ * a round trip (each thread may finish one step while the next batch is
+ * being fetched), few enough that other processes get a share. */
 static size_t backlog_target(const tk_pg *pg)
 {
-    size_t t = pg->n_workers + 2;
+    size_t t = 2 * (size_t)pg->n_workers + 2;
     return t > (size_t)pg->claim_batch ? (size_t)pg->claim_batch : t;
 }
 

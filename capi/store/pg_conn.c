@@ -173,6 +173,10 @@ int tk_pg_connect(tk_pg *pg, tk_pgconn **out)
         PQfinish(conn);
         return rc;
     }
+    /* The store's functions run the same statements over and over with
+     * array parameters whose sizes the planner cannot see: planning them
+     * anew on every call (custom plans) costs more than it gains. */
+    PQclear(PQexec(conn, "SET plan_cache_mode = force_generic_plan"));
     tk_pgconn *c = tk_calloc(1, sizeof *c);
     if (!c) {
         PQfinish(conn);
