@@ -586,8 +586,8 @@ static void circuit_changed_events(void **state)
     /* This test needs breakers on: replace the fixture's coordinator. */
     th_ok(tasker_coordinator_close(x->c));
     x->c = NULL;
-    tasker_coordinator *c = x->c = th_open("breaker.failure_threshold", "2", "breaker.open_ms", "100",
-                                    NULL);
+    tasker_coordinator *c = x->c =
+        th_open("breaker.failure_threshold", "2", "breaker.open_ms", "100", NULL);
     th_handler(c, "cb", obs_scripted, NULL);
     th_register(c, "{\"namespace\":\"evc\",\"name\":\"cbt\",\"steps\":[{\"name\":\"s\","
                    "\"handler\":\"cb\",\"retry\":{\"max_attempts\":3,\"backoff\":\"none\","
