@@ -331,11 +331,16 @@ void tk_pg_handlers_refresh_locked(tk_pg *pg)
 
 /* ---- worker mode ---------------------------------------------------------------- */
 
+
 /* Claims kept in the local queue: enough that no worker thread waits for
  * a round trip (each thread may finish one step while the next batch is
  * being fetched), few enough that other processes get a share. */
 static size_t backlog_target(const tk_pg *pg)
 {
+    /* Asynchronous completions free a thread at once: the queue drains as
+     * fast as handlers run, so keep a whole batch. */
+    if (pg->async_complete)
+        return (size_t)pg->claim_batch;
     size_t t = 2 * (size_t)pg->n_workers + 2;
     return t > (size_t)pg->claim_batch ? (size_t)pg->claim_batch : t;
 }
@@ -458,7 +463,7 @@ static void *claimer_main(void *arg)
         int64_t db_due = 0;
         int failed = 0;
         if (handlers) {
-            if (!c && tk_pg_connect(pg, &c) != TASKER_OK)
+            if (!c && (tk_pg_connect(pg, &c) != TASKER_OK || tk_pg_async_commit(pg, c) != TASKER_OK))
                 failed = 1;
             else if (tk_pg_claim_batch(pg, c, handlers, want, 0, &list, &n) != TASKER_OK)
                 failed = 1;
@@ -539,6 +544,45 @@ int tk_pg_start(tk_pg *pg, unsigned n_threads)
     return rc;
 }
 
+void tk_pg_give_back(tk_pg *pg, tk_pgconn *c, tk_pgclaim *list)
+{
+    size_t n = 0;
+    for (tk_pgclaim *cl = list; cl; cl = cl->qnext)
+        n++;
+    if (!n)
+        return;
+    tk_pgclaim **arr = tk_calloc(n, sizeof *arr);
+    size_t k = 0;
+    for (tk_pgclaim *cl = list; cl && arr; cl = cl->qnext)
+        arr[k++] = cl;
+    tk_pgconn *own = NULL;
+    if (!c && tk_pg_pool_get(pg, &own) == TASKER_OK)
+        c = own;
+    /* If this fails the leases expire and the steps are reclaimed then. */
+    if (c && k)
+        tk_pg_release(pg, c, arr, k, 1);
+    tk_pg_pool_put(pg, own);
+    tk_free(arr);
+    tk_pgclaim *gone = NULL;
+    pthread_mutex_lock(&pg->mu);
+    while (list) {
+        tk_pgclaim *nx = list->qnext;
+        list->qnext = NULL;
+        tk_pgclaim *g = tk_pg_unpin_locked(pg, list, TK_PIN_HELD);
+        if (g) {
+            g->qnext = gone;
+            gone = g;
+        }
+        list = nx;
+    }
+    pthread_mutex_unlock(&pg->mu);
+    while (gone) {
+        tk_pgclaim *nx = gone->qnext;
+        tk_pg_claim_free(gone);
+        gone = nx;
+    }
+}
+
 int tk_pg_stop(tk_pg *pg, int drain_ms)
 {
     pthread_mutex_lock(&pg->mu);
@@ -561,32 +605,13 @@ int tk_pg_stop(tk_pg *pg, int drain_ms)
     /* Claims no handler started go back to the queue; they do not count
      * as attempts. */
     pthread_mutex_lock(&pg->mu);
-    size_t nq = pg->n_lq, k = 0;
-    tk_pgclaim **cls = nq ? tk_calloc(nq, sizeof *cls) : NULL;
-    for (tk_pgclaim *cl = pg->lq_head; cl; cl = cl->qnext) {
-        tk_pg_unhold_locked(pg, cl);
-        cl->pins &= ~TK_PIN_HELD;
-        cl->state = TK_CL_FINISHED;
-        if (cls)
-            cls[k++] = cl;
-    }
     tk_pgclaim *lq = pg->lq_head;
+    for (tk_pgclaim *cl = lq; cl; cl = cl->qnext)
+        cl->state = TK_CL_FINISHED; /* the heartbeat leaves them alone */
     pg->lq_head = pg->lq_tail = NULL;
     pg->n_lq = 0;
     pthread_mutex_unlock(&pg->mu);
-    if (k) {
-        tk_pgconn *c = NULL;
-        if (tk_pg_pool_get(pg, &c) == TASKER_OK) {
-            tk_pg_release(pg, c, cls, k, 1);
-            tk_pg_pool_put(pg, c);
-        }
-    }
-    tk_free(cls);
-    while (lq) {
-        tk_pgclaim *nx = lq->qnext;
-        tk_pg_claim_free(lq);
-        lq = nx;
-    }
+    tk_pg_give_back(pg, NULL, lq);
 
     int rc = TASKER_OK;
     int64_t deadline = tk_mono_ns() + (int64_t)(drain_ms > 0 ? drain_ms : 0) * 1000000;
@@ -665,140 +690,6 @@ int tk_pg_claim(tk_pg *pg, tasker_step **steps_out, size_t *n_out, size_t max)
     }
     pthread_mutex_unlock(&pg->mu);
     return rc;
-}
-
-/* ---- heartbeat -------------------------------------------------------------------- */
-
-static void heartbeat_once(tk_pg *pg, tk_pgconn **cp)
-{
-    pthread_mutex_lock(&pg->mu);
-    size_t n = 0;
-    for (tk_pgclaim *cl = pg->held; cl; cl = cl->next)
-        if (cl->state != TK_CL_FINISHED && !cl->lost)
-            n++;
-    tk_pgclaim **cls = n ? tk_calloc(n, sizeof *cls) : NULL;
-    size_t k = 0;
-    if (cls) {
-        for (tk_pgclaim *cl = pg->held; cl; cl = cl->next) {
-            if (cl->state != TK_CL_FINISHED && !cl->lost) {
-                cl->pins |= TK_PIN_HEART;
-                cls[k++] = cl;
-            }
-        }
-    }
-    int lease_ms = pg->lease_ms;
-    pthread_mutex_unlock(&pg->mu);
-    if (!k) {
-        tk_free(cls);
-        return;
-    }
-    tk_buf t, i, a;
-    tk_buf_init(&t);
-    tk_buf_init(&i);
-    tk_buf_init(&a);
-    tk_buf_add(&t, "{", 1);
-    tk_buf_add(&i, "{", 1);
-    tk_buf_add(&a, "{", 1);
-    for (size_t x = 0; x < k; x++) {
-        tk_buf_addf(&t, "%s%lld", x ? "," : "", (long long)cls[x]->task_id);
-        tk_buf_addf(&i, "%s%d", x ? "," : "", (int)cls[x]->idx);
-        tk_buf_addf(&a, "%s%u", x ? "," : "", cls[x]->base.attempt);
-    }
-    tk_buf_add(&t, "}", 1);
-    tk_buf_add(&i, "}", 1);
-    tk_buf_add(&a, "}", 1);
-    PGresult *r = NULL;
-    int64_t sent = tk_mono_ns();
-    if (!t.oom && !i.oom && !a.oom) {
-        if (!*cp && tk_pg_connect(pg, cp) != TASKER_OK)
-            *cp = NULL;
-        if (*cp) {
-            char worker[16], lease[16];
-            snprintf(worker, sizeof worker, "%d", pg->worker_id);
-            snprintf(lease, sizeof lease, "%d", lease_ms);
-            const char *vals[] = {worker, t.p, i.p, a.p, lease};
-            r = tk_pg_run(pg, *cp, TK_PS_HEARTBEAT, 5, vals, NULL);
-            if (!r && PQstatus((*cp)->conn) != CONNECTION_OK) {
-                tk_pg_disconnect(*cp);
-                *cp = NULL;
-            }
-        }
-    }
-    tk_buf_free(&t);
-    tk_buf_free(&i);
-    tk_buf_free(&a);
-    tk_pgclaim *gone = NULL;
-    pthread_mutex_lock(&pg->mu);
-    for (int row = 0; r && row < PQntuples(r); row++) {
-        long ord = strtol(PQgetvalue(r, row, 0), NULL, 10);
-        if (ord < 1 || (size_t)ord > k)
-            continue;
-        tk_pgclaim *cl = cls[ord - 1];
-        if (PQgetvalue(r, row, 1)[0] == 't')
-            cl->deadline_mono = sent + (int64_t)lease_ms * 1000000;
-        else
-            cl->lost = 1;
-    }
-    for (size_t x = 0; x < k; x++) {
-        tk_pgclaim *g = tk_pg_unpin_locked(pg, cls[x], TK_PIN_HEART);
-        if (g) {
-            g->qnext = gone;
-            gone = g;
-        }
-    }
-    pthread_mutex_unlock(&pg->mu);
-    PQclear(r);
-    tk_free(cls);
-    while (gone) {
-        tk_pgclaim *nx = gone->qnext;
-        tk_pg_claim_free(gone);
-        gone = nx;
-    }
-}
-
-static void *heart_main(void *arg)
-{
-    tk_pg *pg = arg;
-    tk_pgconn *c = NULL;
-    pthread_mutex_lock(&pg->mu);
-    while (!pg->heart_quit) {
-        /* Three renewals per lease: one lost round trip does not lose it. */
-        int64_t until = tk_mono_ns() + (int64_t)pg->lease_ms / 3 * 1000000;
-        struct timespec ts = {.tv_sec = until / 1000000000, .tv_nsec = until % 1000000000};
-        while (!pg->heart_quit && tk_mono_ns() < until)
-            if (pthread_cond_timedwait(&pg->heart_cv, &pg->mu, &ts) != 0)
-                break;
-        if (pg->heart_quit)
-            break;
-        pthread_mutex_unlock(&pg->mu);
-        heartbeat_once(pg, &c);
-        pthread_mutex_lock(&pg->mu);
-    }
-    pthread_mutex_unlock(&pg->mu);
-    tk_pg_disconnect(c);
-    return NULL;
-}
-
-int tk_pg_heartbeat_start(tk_pg *pg)
-{
-    pg->heart_quit = 0;
-    if (pthread_create(&pg->heart, NULL, heart_main, pg) != 0)
-        return tk_err(TASKER_EIO, TASKER_CATEGORY_INTERNAL, NULL,
-                      "could not start the heartbeat thread");
-    pg->heart_on = 1;
-    return TASKER_OK;
-}
-
-void tk_pg_heartbeat_stop(tk_pg *pg)
-{
-    pthread_mutex_lock(&pg->mu);
-    int on = pg->heart_on;
-    pg->heart_quit = 1;
-    pg->heart_on = 0;
-    pthread_cond_broadcast(&pg->heart_cv);
-    pthread_mutex_unlock(&pg->mu);
-    if (on)
-        pthread_join(pg->heart, NULL);
 }
 
 int tk_pg_runtime_start_locked(tk_pg *pg)

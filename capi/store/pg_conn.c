@@ -153,6 +153,12 @@ int tk_pg_error(tk_pg *pg, tk_pgconn *c, const PGresult *r, const char *what)
 
 /* ---- connections --------------------------------------------------------- */
 
+static void quiet_notices(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
 int tk_pg_connect(tk_pg *pg, tk_pgconn **out)
 {
     *out = NULL;
@@ -173,6 +179,10 @@ int tk_pg_connect(tk_pg *pg, tk_pgconn **out)
         PQfinish(conn);
         return rc;
     }
+    /* libpq prints server notices (and errors that arrive between
+     * queries, like "terminating connection") to stderr by default; the
+     * library never writes to stderr. */
+    PQsetNoticeProcessor(conn, quiet_notices, NULL);
     /* The store's functions run the same statements over and over with
      * array parameters whose sizes the planner cannot see: planning them
      * anew on every call (custom plans) costs more than it gains. */
@@ -216,14 +226,24 @@ void tk_pg_pool_put(tk_pg *pg, tk_pgconn *c)
 {
     if (!c)
         return;
+    tk_pgconn *stale[TK_PG_POOL_MAX];
+    int n_stale = 0;
+    pthread_mutex_lock(&pg->mu);
     if (PQstatus(c->conn) == CONNECTION_OK && PQtransactionStatus(c->conn) == PQTRANS_IDLE) {
-        pthread_mutex_lock(&pg->mu);
         if (pg->n_pool < TK_PG_POOL_MAX && !pg->closed) {
             pg->pool[pg->n_pool++] = c;
             c = NULL;
         }
-        pthread_mutex_unlock(&pg->mu);
+    } else if (PQstatus(c->conn) != CONNECTION_OK) {
+        /* A broken connection usually means the server went away: the
+         * idle ones opened before are gone too, so do not hand them out. */
+        n_stale = pg->n_pool;
+        memcpy(stale, pg->pool, (size_t)n_stale * sizeof *stale);
+        pg->n_pool = 0;
     }
+    pthread_mutex_unlock(&pg->mu);
+    for (int i = 0; i < n_stale; i++)
+        tk_pg_disconnect(stale[i]);
     tk_pg_disconnect(c);
 }
 
@@ -272,6 +292,19 @@ int tk_pg_simple(tk_pg *pg, tk_pgconn *c, const char *sql)
     int rc = PQresultStatus(r) == PGRES_COMMAND_OK ? TASKER_OK : tk_pg_error(pg, c, r, sql);
     PQclear(r);
     return rc;
+}
+
+/*
+ * The claimer's and the heartbeat's transactions do not wait for their
+ * commit to reach disk.  Losing one in a server crash is harmless: a lost
+ * claim leaves the step claimable and the worker's completion is refused
+ * (its attempt number is unknown to the database), a lost renewal only
+ * shortens a lease.  Completions, which must not be lost, keep the
+ * server's synchronous_commit.  This takes the fsync off the claim path.
+ */
+int tk_pg_async_commit(tk_pg *pg, tk_pgconn *c)
+{
+    return tk_pg_simple(pg, c, "SET synchronous_commit = off");
 }
 
 unsigned tk_pg_backoff_sleep(tk_pg *pg, unsigned n, const int *stop)

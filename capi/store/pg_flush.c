@@ -448,11 +448,17 @@ static void *flusher_main(void *arg)
             }
         }
         pthread_cond_broadcast(&pg->flushed_cv);
-        if (n_claims) {
-            /* Workers stopping meanwhile: tk_pg_stop releases what is queued. */
+        /* Claims fetched with the batch go to the worker threads, unless
+         * they stopped while it was in flight: then they go back. */
+        int give_back = n_claims && (!pg->claimer_on || pg->stopping);
+        if (n_claims && !give_back)
             tk_pg_enqueue_local_locked(pg, claims, n_claims);
-        }
+        if (give_back)
+            for (tk_pgclaim *cl = claims; cl; cl = cl->qnext)
+                cl->state = TK_CL_FINISHED; /* the heartbeat leaves them alone */
         pthread_mutex_unlock(&pg->mu);
+        if (give_back)
+            tk_pg_give_back(pg, c, claims);
         atomic_fetch_add(&pg->n_completed, done);
         atomic_fetch_add(&pg->n_fenced, fenced);
         tk_free(err);

@@ -186,6 +186,9 @@ void tk_pg_pool_put(tk_pg *pg, tk_pgconn *c);
  * deadlock, serialization failure). */
 PGresult *tk_pg_run(tk_pg *pg, tk_pgconn *c, tk_ps ps, int n, const char *const *values,
                     int *transient);
+/* Makes a connection's commits not wait for the disk (claims and lease
+ * renewals only; see pg_conn.c). */
+int tk_pg_async_commit(tk_pg *pg, tk_pgconn *c);
 /* Runs a statement without parameters (BEGIN, COMMIT, ...). */
 int tk_pg_simple(tk_pg *pg, tk_pgconn *c, const char *sql);
 /* Sets a TASKER_EDATABASE error from a failed result or connection. */
@@ -237,6 +240,9 @@ size_t tk_pg_claims_from_result(tk_pg *pg, PGresult *r, int off, int kind_col, i
 void tk_pg_enqueue_local_locked(tk_pg *pg, tk_pgclaim *list, size_t n);
 /* How many more claims worker mode wants queued locally (lock held). */
 size_t tk_pg_backlog_want_locked(const tk_pg *pg);
+/* Gives claims no handler has seen back to the queue (lock not held;
+ * `c` may be NULL: a pooled connection is used) and drops them. */
+void tk_pg_give_back(tk_pg *pg, tk_pgconn *c, tk_pgclaim *list);
 /* Gives claims back to the queue (lock not held). */
 void tk_pg_release(tk_pg *pg, tk_pgconn *c, tk_pgclaim **cls, size_t n, int uncount);
 /* Refreshes the cached handler lists from the coordinator (lock held). */

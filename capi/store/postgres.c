@@ -648,12 +648,27 @@ int tk_pg_step_resolve(tk_pg *pg, const char *uuid, const char *step_name, const
 
 int tk_pg_task_forget(tk_pg *pg, const char *uuid)
 {
-    /* A handle this process still holds keeps its task. */
-    size_t held = 0;
+    /* A handle this process still holds keeps its task.  Completions being
+     * recorded right now are not "held": the task may already show as
+     * finished before the flusher has handed their status back, so wait
+     * for them. */
+    size_t held;
     pthread_mutex_lock(&pg->mu);
-    for (tk_pgclaim *cl = pg->held; cl; cl = cl->next)
-        if (cl->state != TK_CL_FINISHED && !strcmp(cl->view.task_uuid, uuid))
-            held++;
+    for (;;) {
+        size_t flushing = 0;
+        held = 0;
+        for (tk_pgclaim *cl = pg->held; cl; cl = cl->next) {
+            if (cl->state == TK_CL_FINISHED || strcmp(cl->view.task_uuid, uuid))
+                continue;
+            if (cl->state == TK_CL_FLUSHING)
+                flushing++;
+            else
+                held++;
+        }
+        if (!flushing)
+            break;
+        pthread_cond_wait(&pg->flushed_cv, &pg->mu);
+    }
     pthread_mutex_unlock(&pg->mu);
     tasker_task_state st;
     if (held && task_state(pg, uuid, &st) == TASKER_OK && !tasker_task_state_is_final(st))

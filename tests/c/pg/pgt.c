@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "migrate.h"
@@ -195,6 +196,17 @@ void _pgt_exec(const char *file, int line, const char *const *sp)
     PQclear(run(file, line, sp));
 }
 
+tasker_coordinator *pgt_open_at(const char *file, int line, const char *url)
+{
+    tasker_coordinator *c = _th_open(file, line, "store", "postgres", "database.url", url, NULL);
+    const char *a = getenv("PGT_ASYNC");
+    if (a && *a == '1') {
+        tk_pg_tuning t = {0, 0, 0, 0, 1};
+        th_ok(tk_pg_tune(c, &t));
+    }
+    return c;
+}
+
 tasker_coordinator *pgt_open_tuned(const char *url, int lease_ms, int poll_ms)
 {
     tasker_coordinator *c = pgt_open(url);
@@ -202,3 +214,40 @@ tasker_coordinator *pgt_open_tuned(const char *url, int lease_ms, int poll_ms)
     th_ok(tk_pg_tune(c, &t));
     return c;
 }
+
+int pgt_cli(char *out, size_t outn, char *errb, size_t errn, const char *const *args)
+{
+    int po[2], pe[2];
+    assert_int_equal(pipe(po), 0);
+    assert_int_equal(pipe(pe), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(po[1], 1);
+        dup2(pe[1], 2);
+        close(po[0]);
+        close(pe[0]);
+        const char *argv[16] = {TASKER_CLI_PATH};
+        int n = 1;
+        for (; args[n - 1] && n < 15; n++)
+            argv[n] = args[n - 1];
+        argv[n] = NULL;
+        unsetenv("TASKER_DATABASE_URL");
+        execv(TASKER_CLI_PATH, (char *const *)argv);
+        _exit(127);
+    }
+    close(po[1]);
+    close(pe[1]);
+    size_t o = 0, e = 0;
+    ssize_t k;
+    while ((k = read(po[0], out + o, outn - 1 - o)) > 0)
+        o += (size_t)k;
+    while ((k = read(pe[0], errb + e, errn - 1 - e)) > 0)
+        e += (size_t)k;
+    out[o] = errb[e] = '\0';
+    close(po[0]);
+    close(pe[0]);
+    int st;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+

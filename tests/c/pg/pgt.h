@@ -42,11 +42,19 @@ char *_pgt_str(const char *file, int line, const char *const *sql_and_params);
 #define pgt_exec(...) _pgt_exec(__FILE__, __LINE__, (const char *[]){__VA_ARGS__, NULL})
 void _pgt_exec(const char *file, int line, const char *const *sql_and_params);
 
-/* Opens a coordinator on the postgres store at `url`. */
-#define pgt_open(url) th_open("store", "postgres", "database.url", (url), NULL)
+/* Opens a coordinator on the postgres store at `url`.  PGT_ASYNC=1 in the
+ * environment switches it to asynchronous completions (a manual check:
+ * tests that expect exact return codes from late completions then fail). */
+#define pgt_open(url) pgt_open_at(__FILE__, __LINE__, (url))
+tasker_coordinator *pgt_open_at(const char *file, int line, const char *url);
 
 /* Opens with short leases and poll interval for tests that wait for them. */
 tasker_coordinator *pgt_open_tuned(const char *url, int lease_ms, int poll_ms);
+
+/* Runs the `tasker` command (TASKER_CLI_PATH) with `args` (NULL-ended,
+ * without argv[0]) and TASKER_DATABASE_URL unset; captures stdout and
+ * stderr; returns the exit status (-1 if it did not exit). */
+int pgt_cli(char *out, size_t outn, char *err, size_t errn, const char *const *args);
 
 /* `url` with dbname replaced (malloc'ed). */
 char *pgt_url_with_db(const char *url, const char *dbname);

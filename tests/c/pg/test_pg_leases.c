@@ -249,6 +249,60 @@ static void test_stop_drains_and_restarts(void **state)
     th_ok(tasker_coordinator_close(a));
 }
 
+/* Kills every connection of this database's tasker sessions, as a server
+ * restart would; returns how many. */
+static long long kill_tasker_connections(void)
+{
+    return pgt_num("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                   "WHERE datname = current_database() AND application_name = 'tasker' "
+                   "AND pid <> pg_backend_pid()");
+}
+
+static void test_connections_lost_mid_run(void **state)
+{
+    (void)state;
+    pgt_require();
+    tasker_coordinator *a = pgt_open_tuned(url, 2000, 200);
+    th_handler(a, "node", th_handler_node, NULL);
+    th_register(a, "{\"namespace\":\"lease\",\"name\":\"diamond\",\"steps\":["
+                   "{\"name\":\"a\",\"handler\":\"node\"},"
+                   "{\"name\":\"b\",\"handler\":\"node\",\"depends_on\":[\"a\"]},"
+                   "{\"name\":\"c\",\"handler\":\"node\",\"depends_on\":[\"a\"]},"
+                   "{\"name\":\"d\",\"handler\":\"node\",\"depends_on\":[\"b\",\"c\"]}]}");
+    enum { N = 200 };
+    static char uuids[N][TASKER_UUID_BUFSIZE];
+    for (int i = 0; i < N; i++)
+        th_create(uuids[i], a, "lease", "diamond", NULL);
+    th_ok(tasker_coordinator_start(a, 8));
+    /* Twice, while steps are running: every connection of the store dies. */
+    long long killed = 0;
+    for (int round = 0; round < 2; round++) {
+        double deadline = th_now_ms() + th_wait_ms();
+        long long want = (round + 1) * N; /* steps done before this round */
+        while (pgt_num("SELECT count(*) FROM tasker.steps s JOIN tasker.tasks t ON "
+                       "t.id = s.task_id JOIN tasker.templates p ON p.id = t.template_id "
+                       "WHERE p.name = 'diamond' AND s.state = 4 AND t.created_at > now() - "
+                       "interval '10 minutes'") < want &&
+               th_now_ms() < deadline)
+            th_sleep_ms(5);
+        killed += kill_tasker_connections();
+    }
+    assert_true(killed > 0);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(th_wait_final(a, uuids[i]), TASKER_TASK_COMPLETE);
+    th_assert_no_problems();
+    for (int i = 0; i < N; i++) {
+        json_t *t = th_task(a, uuids[i]);
+        const char *steps[] = {"a", "b", "c", "d"};
+        for (int k = 0; k < 4; k++)
+            assert_int_equal(th_count_transitions(t, steps[k], "in_progress", "complete",
+                                                  "succeeded", -1), 1);
+        json_decref(t);
+    }
+    print_message("[   INFO   ] %lld connection(s) killed; all %d tasks completed\n", killed, N);
+    th_ok(tasker_coordinator_close(a));
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -267,6 +321,7 @@ int main(void)
         cmocka_unit_test(test_poll_mode_descriptor),
         cmocka_unit_test(test_claim_held_at_close),
         cmocka_unit_test(test_stop_drains_and_restarts),
+        cmocka_unit_test(test_connections_lost_mid_run),
     };
     if (getenv("PGT_FILTER"))
         cmocka_set_test_filter(getenv("PGT_FILTER"));

@@ -92,8 +92,8 @@ static int gate_handler(tasker_step *step, void *ud)
     return TASKER_OK;
 }
 
-/* Checks what a handler sees. */
-static int seen_ok;
+/* Checks what a handler sees; set once the handler is done. */
+static _Atomic int seen_ok;
 static int inspect_handler(tasker_step *step, void *ud)
 {
     (void)ud;
@@ -422,6 +422,10 @@ static void test_what_a_handler_sees(void **state)
     char uuid[TASKER_UUID_BUFSIZE];
     th_create(uuid, coord, "life", "inspect", "{\"order\": 42}");
     assert_int_equal(th_wait_final(coord, uuid), TASKER_TASK_COMPLETE);
+    /* The task can be complete before the handler has returned. */
+    double deadline = th_now_ms() + th_wait_ms();
+    while (seen_ok == 0 && th_now_ms() < deadline)
+        th_sleep_ms(1);
     assert_int_equal(seen_ok, 1);
     json_t *t = th_task(coord, uuid);
     json_t *s = th_step(t, "look");
@@ -489,6 +493,97 @@ static void test_api_errors(void **state)
                      0);
 }
 
+static void test_cli_operations(void **state)
+{
+    (void)state;
+    pgt_require();
+    char out[65536], err[4096];
+    reset_flaky(0, 0, -1);
+    const char *create[] = {"task", "create", "life/retry", "--context", "{\"x\": 1}",
+                            "--idempotency-key", "cli-1", "--database-url", url, NULL};
+    int rc = pgt_cli(out, sizeof out, err, sizeof err, create);
+    if (rc != 0)
+        fail_msg("task create: exit %d: %s", rc, err);
+    char uuid[TASKER_UUID_BUFSIZE];
+    snprintf(uuid, sizeof uuid, "%.36s", out);
+    assert_int_equal(th_wait_final(coord, uuid), TASKER_TASK_COMPLETE);
+    assert_int_equal(pgt_cli(out, sizeof out, err, sizeof err, create), 0);
+    assert_memory_equal(out, uuid, 36);
+    assert_non_null(strstr(err, "existing"));
+
+    const char *get[] = {"task", "get", uuid, "--database-url", url, NULL};
+    assert_int_equal(pgt_cli(out, sizeof out, err, sizeof err, get), 0);
+    json_t *t = json_loads(out, 0, NULL);
+    assert_non_null(t);
+    assert_string_equal(json_string_value(json_object_get(t, "state")), "complete");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(t, "context"), "x")), 1);
+    json_decref(t);
+
+    const char *status[] = {"status", "--json", "--database-url", url, NULL};
+    assert_int_equal(pgt_cli(out, sizeof out, err, sizeof err, status), 0);
+    json_t *st = json_loads(out, 0, NULL);
+    assert_true(json_integer_value(json_object_get(json_object_get(json_object_get(st, "tasks"),
+                                                                     "life"),
+                                                   "complete")) >= 1);
+    json_decref(st);
+
+    const char *cancel[] = {"task", "cancel", uuid, "--database-url", url, NULL};
+    assert_int_equal(pgt_cli(out, sizeof out, err, sizeof err, cancel), 1);
+    assert_non_null(strstr(err, "is complete"));
+
+    /* A dead letter, listed and requeued from the command line. */
+    reset_flaky(100, 1, -1);
+    char failing[TASKER_UUID_BUFSIZE];
+    th_create(failing, coord, "life", "dlq", NULL);
+    assert_int_equal(th_wait_final(coord, failing), TASKER_TASK_ERROR);
+    const char *list[] = {"dlq", "list", "--json", "--namespace", "life", "--database-url", url,
+                          NULL};
+    assert_int_equal(pgt_cli(out, sizeof out, err, sizeof err, list), 0);
+    json_t *dl = json_loads(out, 0, NULL);
+    json_t *mine = NULL, *e;
+    size_t i;
+    json_array_foreach(dl, i, e)
+    {
+        if (!strcmp(json_string_value(json_object_get(e, "task")), failing))
+            mine = e;
+    }
+    assert_non_null(mine);
+    assert_string_equal(json_string_value(json_object_get(mine, "error_class")), "FlakyError");
+    char id[32];
+    snprintf(id, sizeof id, "%lld", (long long)json_integer_value(json_object_get(mine, "id")));
+    json_decref(dl);
+    reset_flaky(0, 0, -1);
+    const char *requeue[] = {"dlq", "requeue", id, "--database-url", url, NULL};
+    rc = pgt_cli(out, sizeof out, err, sizeof err, requeue);
+    if (rc != 0)
+        fail_msg("dlq requeue: exit %d: %s", rc, err);
+    assert_int_equal(th_wait_final(coord, failing), TASKER_TASK_COMPLETE);
+    assert_int_equal(pgt_cli(out, sizeof out, err, sizeof err, requeue), 1);
+
+    const char *purge[] = {"dlq", "purge", "--database-url", url, NULL};
+    assert_int_equal(pgt_cli(out, sizeof out, err, sizeof err, purge), 0);
+    assert_non_null(strstr(out, "purged"));
+    assert_int_equal(pgt_num("SELECT count(*) FROM tasker.dead_letters WHERE resolved_at IS NULL"), 0);
+
+    const char *graph[] = {"graph", "life/dlq", "--database-url", url, NULL};
+    assert_int_equal(pgt_cli(out, sizeof out, err, sizeof err, graph), 0);
+    assert_non_null(strstr(out, "\"a\" -> \"b\";"));
+
+    const char *readiness[] = {"task", "readiness", uuid, "--database-url", url, NULL};
+    assert_int_equal(pgt_cli(out, sizeof out, err, sizeof err, readiness), 0);
+    assert_non_null(strstr(out, "complete"));
+
+    /* Retention: finished tasks go, with their rows. */
+    const char *prune[] = {"prune", "--older-than", "0s", "--database-url", url, NULL};
+    assert_int_equal(pgt_cli(out, sizeof out, err, sizeof err, prune), 0);
+    assert_non_null(strstr(out, "pruned"));
+    assert_int_equal(pgt_cli(out, sizeof out, err, sizeof err, get), 1);
+    assert_non_null(strstr(err, "no task"));
+    assert_int_equal(pgt_num("SELECT count(*) FROM tasker.transitions tr JOIN tasker.tasks t "
+                             "ON t.id = tr.task_id WHERE t.uuid = $1::uuid", uuid),
+                     0);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -523,6 +618,7 @@ int main(void)
         cmocka_unit_test(test_names_that_look_like_sql),
         cmocka_unit_test(test_what_a_handler_sees),
         cmocka_unit_test(test_api_errors),
+        cmocka_unit_test(test_cli_operations),
     };
     if (getenv("PGT_FILTER"))
         cmocka_set_test_filter(getenv("PGT_FILTER"));

@@ -73,57 +73,20 @@ static void test_migrate_from_empty_and_again(void **state)
     th_ok(tasker_coordinator_close(coord));
 }
 
-/* Runs the CLI; returns its exit status, stdout and stderr in buffers. */
-static int run_cli(char *out, size_t outn, char *errb, size_t errn, const char *const *args)
-{
-    int po[2], pe[2];
-    assert_int_equal(pipe(po), 0);
-    assert_int_equal(pipe(pe), 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(po[1], 1);
-        dup2(pe[1], 2);
-        close(po[0]);
-        close(pe[0]);
-        const char *argv[16] = {TASKER_CLI_PATH};
-        int n = 1;
-        for (; args[n - 1] && n < 15; n++)
-            argv[n] = args[n - 1];
-        argv[n] = NULL;
-        unsetenv("TASKER_DATABASE_URL");
-        execv(TASKER_CLI_PATH, (char *const *)argv);
-        _exit(127);
-    }
-    close(po[1]);
-    close(pe[1]);
-    size_t o = 0, e = 0;
-    ssize_t k;
-    while ((k = read(po[0], out + o, outn - 1 - o)) > 0)
-        o += (size_t)k;
-    while ((k = read(pe[0], errb + e, errn - 1 - e)) > 0)
-        e += (size_t)k;
-    out[o] = errb[e] = '\0';
-    close(po[0]);
-    close(pe[0]);
-    int st;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static void test_cli_migrate_twice(void **state)
 {
     (void)state;
     const char *url = pgt_fresh_db("climig", 0);
     char out[8192], err[8192];
     const char *a1[] = {"migrate", "--database-url", url, NULL};
-    int rc = run_cli(out, sizeof out, err, sizeof err, a1);
+    int rc = pgt_cli(out, sizeof out, err, sizeof err, a1);
     if (rc != 0)
         fail_msg("tasker migrate exited %d: %s", rc, err);
     assert_non_null(strstr(out, "applying 0001_schema"));
     assert_int_equal(pgt_num("SELECT max(version) FROM tasker.schema_version"),
                      tk_migrations[tk_n_migrations - 1].version);
     char *before = schema_fingerprint();
-    rc = run_cli(out, sizeof out, err, sizeof err, a1);
+    rc = pgt_cli(out, sizeof out, err, sizeof err, a1);
     assert_int_equal(rc, 0);
     assert_non_null(strstr(out, "nothing to do"));
     assert_null(strstr(out, "applying"));
@@ -138,18 +101,18 @@ static void test_cli_migrate_twice(void **state)
                              {"status", "--help", NULL}, {"dlq", "--help", NULL},
                              {"graph", "--help", NULL},  {"prune", "--help", NULL}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
-        rc = run_cli(out, sizeof out, err, sizeof err, cmds[i]);
+        rc = pgt_cli(out, sizeof out, err, sizeof err, cmds[i]);
         if (rc != 0 || !strstr(out, "usage:"))
             fail_msg("tasker %s %s: exit %d, stdout '%s'", cmds[i][0], cmds[i][1] ? cmds[i][1] : "",
                      rc, out);
     }
     /* Usage errors exit 2 and say what was wrong. */
     const char *bad[] = {"task", "get", "not-a-uuid", "--database-url", url, NULL};
-    rc = run_cli(out, sizeof out, err, sizeof err, bad);
+    rc = pgt_cli(out, sizeof out, err, sizeof err, bad);
     assert_int_equal(rc, 2);
     assert_non_null(strstr(err, "not-a-uuid"));
     const char *nodb[] = {"status", NULL};
-    rc = run_cli(out, sizeof out, err, sizeof err, nodb);
+    rc = pgt_cli(out, sizeof out, err, sizeof err, nodb);
     assert_int_equal(rc, 2);
     assert_non_null(strstr(err, "TASKER_DATABASE_URL"));
 }
@@ -235,12 +198,12 @@ static void test_bad_url_and_database_down(void **state)
     char out[4096], err[4096];
     snprintf(url, sizeof url, "postgresql://tasker:%s@127.0.0.1:%d/tasker", SECRET, port);
     const char *a1[] = {"status", "--database-url", url, NULL};
-    assert_int_equal(run_cli(out, sizeof out, err, sizeof err, a1), 1);
+    assert_int_equal(pgt_cli(out, sizeof out, err, sizeof err, a1), 1);
     assert_null(strstr(err, SECRET));
     assert_non_null(strstr(err, where));
     snprintf(url, sizeof url, "postgresql://tasker:%s@127.0.0.1:%d/tasker?bogus=1", SECRET, port);
     const char *a2[] = {"migrate", "--database-url", url, NULL};
-    assert_int_equal(run_cli(out, sizeof out, err, sizeof err, a2), 2);
+    assert_int_equal(pgt_cli(out, sizeof out, err, sizeof err, a2), 2);
     assert_null(strstr(err, SECRET));
 }
 
