@@ -200,6 +200,13 @@ typedef struct tasker_step tasker_step;
  *   task.max_context_bytes    largest task context JSON (default 16777216)
  *   memory.retain_finished    finished tasks kept by the memory store before
  *                             the oldest are forgotten; 0 keeps all (default 0)
+ *   postgres.lease_ms         lease of a claimed step, renewed every third (30000)
+ *   postgres.poll_ms          poll interval when no notification arrives (1000)
+ *   postgres.claim_batch      most steps one claim takes (64)
+ *   postgres.flush_max        most completions recorded in one transaction (256)
+ *   postgres.async_complete   false (default): tasker_step_succeed/fail return once
+ *                             the completion is committed; true: they return at
+ *                             once and a refused (fenced) completion is only counted
  *   metrics.enabled           true (default) or false: count for tasker_metrics_text
  *   log.level                 off (default), error, warn, info, debug
  *   log.sink                  stderr (default), stdout, or a file path (appended)

@@ -118,6 +118,19 @@ int tasker_coordinator_open(tasker_coordinator **out, const tasker_config *cfg)
         free_all(c);
         return rc;
     }
+    if (c->pg) {
+        tk_pg_tuning tune = {
+            .lease_ms = (int)c->cfg.num[TK_CFG_PG_LEASE_MS],
+            .poll_ms = (int)c->cfg.num[TK_CFG_PG_POLL_MS],
+            .claim_batch = (int)c->cfg.num[TK_CFG_PG_CLAIM_BATCH],
+            .flush_max = (int)c->cfg.num[TK_CFG_PG_FLUSH_MAX],
+            .async_complete =
+                strcmp(tk_config_str(&c->cfg, TK_CFG_PG_ASYNC_COMPLETE), "true") == 0};
+        if ((rc = tk_pg_tune(c, &tune)) != TASKER_OK) {
+            tasker_coordinator_close(c);
+            return rc;
+        }
+    }
     if ((rc = tk_log_open(c)) != TASKER_OK) {
         tasker_coordinator_close(c);
         return rc;

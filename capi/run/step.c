@@ -244,6 +244,11 @@ int tasker_steps_succeed(int *rc_out, tasker_step *const *steps, const char *con
         return tk_einval("tasker_steps_succeed: rc_out and steps must not be NULL");
     if (n == 0)
         return TASKER_OK;
+    size_t n_pg = 0;
+    for (size_t i = 0; i < n; i++)
+        n_pg += steps[i] && steps[i]->view ? 1 : 0;
+    if (n_pg == n) /* all from postgres: one transaction for all of them */
+        return tk_pg_steps_succeed(rc_out, steps, results, lens, n);
     /* Memory-store steps of the first step's open coordinator go through one
      * lock; everything else (other coordinators, postgres steps, bad input)
      * takes the single-step path. */
