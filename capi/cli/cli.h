@@ -48,5 +48,7 @@ int cmd_status(cli *c, int argc, char **argv);
 int cmd_dlq(cli *c, int argc, char **argv);
 int cmd_graph(cli *c, int argc, char **argv);
 int cmd_prune(cli *c, int argc, char **argv);
+int cmd_config(cli *c, int argc, char **argv);
+int cmd_serve(cli *c, int argc, char **argv);
 
 #endif

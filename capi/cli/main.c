@@ -30,6 +30,8 @@ static const char *const USAGE =
     "  dlq list|requeue|purge  dead-lettered steps\n"
     "  graph TEMPLATE          the template's steps as a Graphviz DOT graph\n"
     "  prune --older-than AGE  delete finished tasks older than AGE\n"
+    "  config check            report every bad configuration key or value\n"
+    "  serve                   HTTP health, metrics and status page until SIGTERM\n"
     "  version                 print the version\n"
     "\n"
     "The database URL is a libpq connection string or postgresql:// URL, from\n"
@@ -338,6 +340,10 @@ int main(int argc, char **argv)
         rc = cmd_graph(&c, sub_argc, sub_argv);
     else if (!strcmp(cmd, "prune"))
         rc = cmd_prune(&c, sub_argc, sub_argv);
+    else if (!strcmp(cmd, "config"))
+        rc = cmd_config(&c, sub_argc, sub_argv);
+    else if (!strcmp(cmd, "serve"))
+        rc = cmd_serve(&c, sub_argc, sub_argv);
     else if (!strcmp(cmd, "version")) {
         printf("tasker %s\n", tasker_version());
         rc = EXIT_OK;
