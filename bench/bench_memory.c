@@ -254,13 +254,13 @@ static tasker_template *build_fanout(size_t n_steps)
     tasker_template *t = NULL;
     check(tasker_template_new(&t, NS, "fanout", "1"), "tasker_template_new");
     size_t width = n_steps - 2;
-    char *names = xmalloc(width * 16);
+    char *names = xmalloc(width * 24);
     const char **deps = xmalloc(width * sizeof *deps);
     const char *root[] = {"root"};
     add_step(t, "root", NULL, 0);
     for (size_t i = 0; i < width; i++) {
-        snprintf(names + i * 16, 16, "w%zu", i);
-        deps[i] = names + i * 16;
+        snprintf(names + i * 24, 24, "w%zu", i);
+        deps[i] = names + i * 24;
         add_step(t, deps[i], root, 1);
     }
     add_step(t, "sink", deps, width);

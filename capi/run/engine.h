@@ -212,6 +212,8 @@ size_t tk_promote_due(tasker_coordinator *c, int64_t mono_now);
 int tk_complete(tasker_coordinator *c, struct tasker_step *claim, int ok, char *result,
                 size_t result_len, void *ptr, void (*free_ptr)(void *),
                 tk_failure_rec *failure, int retryable, int64_t retry_after_ms);
+/* Starts the time limit of a step a worker thread is about to run (lock held). */
+void tk_start_timeout(tasker_coordinator *c, struct tasker_step *claim);
 /* Puts every step still held by a handler back in the queue without using
  * up an attempt; the handlers' late completions are refused as stale. */
 void tk_release_in_flight(tasker_coordinator *c, int64_t now);

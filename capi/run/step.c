@@ -404,6 +404,11 @@ int tk_run_handler(tasker_coordinator *c, struct tasker_step *cl)
     /* A batch is claimed at once; the handler's own start time makes the
      * step's duration the handler's run time, not its wait in the batch. */
     cl->run_at = tk_now_ns();
+    if (cl->step->task->reg->tmpl->steps[cl->step->idx].opts.timeout_ms) {
+        pthread_mutex_lock(&c->lock);
+        tk_start_timeout(c, cl);
+        pthread_mutex_unlock(&c->lock);
+    }
     int rc = h->fn(cl, h->userdata);
     if (rc < 0) {
         pthread_mutex_lock(&c->lock);

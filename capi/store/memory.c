@@ -371,8 +371,11 @@ size_t tk_claim_batch(tasker_coordinator *c, int qi, tasker_step **out, size_t m
         s->attempts++;
         step_set(s, TASKER_STEP_IN_PROGRESS, now, TK_R_CLAIMED);
         s->started_at = now;
+        /* A poll-mode claim hands the step to its handler now, so its time
+         * limit starts now; a worker thread starts it when it calls the
+         * handler (tk_start_timeout), not while the step waits in its batch. */
         uint32_t timeout = t->reg->tmpl->steps[s->idx].opts.timeout_ms;
-        if (timeout) {
+        if (timeout && qi == TK_Q_POLL) {
             if (!mono)
                 mono = tk_mono_ns();
             s->due_mono = mono + (int64_t)timeout * 1000000;
@@ -412,6 +415,18 @@ void tk_release(tasker_coordinator *c, struct tasker_step *cl, int64_t now)
     s->attempts--;
     step_set(s, TASKER_STEP_ENQUEUED, now, TK_R_RELEASED);
     queue_push(c, s);
+}
+
+void tk_start_timeout(tasker_coordinator *c, struct tasker_step *cl)
+{
+    tk_step *s = cl->step;
+    uint32_t timeout = s->task->reg->tmpl->steps[s->idx].opts.timeout_ms;
+    if (!timeout || cl->done || s->state != TASKER_STEP_IN_PROGRESS ||
+        cl->attempt != s->attempts || s->heap_pos)
+        return;
+    s->due_mono = tk_mono_ns() + (int64_t)timeout * 1000000;
+    if (heap_push(c, s) == 0)
+        tk_notify(c);
 }
 
 void tk_release_in_flight(tasker_coordinator *c, int64_t now)
