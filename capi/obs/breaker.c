@@ -47,6 +47,8 @@ static void set_state(tasker_coordinator *c, tk_breaker *b, uint8_t to, int64_t 
 {
     if (b->state == to)
         return;
+    if (!mono_now)
+        mono_now = tk_mono_ns();
     b->state = to;
     if (to == TASKER_CIRCUIT_OPEN) {
         b->open_until = mono_now + c->cfg.num[TK_CFG_BREAKER_OPEN_MS] * 1000000;

@@ -33,7 +33,8 @@ void tk_breaker_free(tk_breaker *b);
 
 /* May a call pass now?  Moves open -> half-open when the open time is over. */
 int tk_breaker_allow(struct tasker_coordinator *c, tk_breaker *b, int64_t mono_now);
-/* Records the outcome of a call that was allowed. */
+/* Records the outcome of a call that was allowed (`mono_now` 0: read the
+ * clock only if the circuit changes state). */
 void tk_breaker_result(struct tasker_coordinator *c, tk_breaker *b, int ok, int64_t mono_now);
 /* A call that was allowed ended with no outcome (cancelled, released). */
 void tk_breaker_release(struct tasker_coordinator *c, tk_breaker *b);

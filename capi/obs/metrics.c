@@ -18,15 +18,22 @@ static const double bounds[TK_HIST_BUCKETS] = {0.00001, 0.00005, 0.0001, 0.0005,
                                                0.005,   0.01,    0.05,   0.1,    0.5,
                                                1,       5,       30,     120};
 
+/* The same bounds in nanoseconds: adding a sample is integer compares only. */
+static const int64_t bounds_ns[TK_HIST_BUCKETS] = {
+    10000,     50000,      100000,     500000,      1000000,      5000000,      10000000,
+    50000000,  100000000,  500000000,  1000000000,  5000000000LL, 30000000000LL,
+    120000000000LL};
+
 void tk_hist_add(tk_hist *h, int64_t ns)
 {
-    double s = ns > 0 ? (double)ns / 1e9 : 0.0;
+    if (ns < 0)
+        ns = 0;
     int i = 0;
-    while (i < TK_HIST_BUCKETS && s > bounds[i])
+    while (i < TK_HIST_BUCKETS && ns > bounds_ns[i])
         i++;
     h->counts[i]++;
     h->n++;
-    h->sum += s;
+    h->sum_ns += ns;
 }
 
 tk_nsobj *tk_nsobj_get(tasker_coordinator *c, const char *name)
@@ -222,7 +229,7 @@ static void hist(sbuf *b, const char *name, const char *label, const char *value
     }
     cum += h->counts[TK_HIST_BUCKETS];
     put(b, "%s_bucket{%s=\"%s\",le=\"+Inf\"} %llu\n", name, label, value, (unsigned long long)cum);
-    put(b, "%s_sum{%s=\"%s\"} %.9g\n", name, label, value, h->sum);
+    put(b, "%s_sum{%s=\"%s\"} %.9g\n", name, label, value, (double)h->sum_ns / 1e9);
     put(b, "%s_count{%s=\"%s\"} %llu\n", name, label, value, (unsigned long long)h->n);
 }
 

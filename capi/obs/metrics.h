@@ -11,7 +11,7 @@
 typedef struct tk_hist {
     uint64_t counts[TK_HIST_BUCKETS + 1]; /* the last one is +Inf */
     uint64_t n;
-    double sum;
+    int64_t sum_ns;
 } tk_hist;
 
 void tk_hist_add(tk_hist *h, int64_t ns);

@@ -58,7 +58,7 @@ static void step_set(tk_step *s, uint8_t to, int64_t now, tk_reason r)
         if (to == TASKER_STEP_CANCELLED || to == TASKER_STEP_ENQUEUED)
             tk_breaker_release(c, b);
         else if (c->breakers_on || b->state != TASKER_CIRCUIT_CLOSED)
-            tk_breaker_result(c, b, to == TASKER_STEP_COMPLETE, tk_mono_ns());
+            tk_breaker_result(c, b, to == TASKER_STEP_COMPLETE, 0);
     }
 }
 
