@@ -248,6 +248,10 @@ int tasker_metrics_text(char **text_out, tasker_coordinator *c)
     if (b.oom)
         return tk_enomem();
     char e1[512];
+    /* The postgres store reads the database first (no lock held). */
+    tk_pg_probe probe = {0};
+    if (c->pg)
+        tk_pg_probe_take(c->pg, &probe);
     pthread_mutex_lock(&c->lock);
     tk_nsobj *ns, *ntmp;
     tk_handler *h, *htmp;
@@ -301,18 +305,23 @@ int tasker_metrics_text(char **text_out, tasker_coordinator *c)
         hist(&b, "tasker_task_duration_seconds", "namespace", esc(ns->name, e1, sizeof e1),
              &ns->task_duration);
     head(&b, "tasker_queue_depth", "gauge", "Steps ready and waiting for a handler.");
-    HASH_ITER(hh, c->namespaces, ns, ntmp)
-        put(&b, "tasker_queue_depth{namespace=\"%s\"} %zu\n", esc(ns->name, e1, sizeof e1),
-            ns->depth);
+    if (c->pg)
+        put(&b, "%s", probe.depth_text ? probe.depth_text : "");
+    else
+        HASH_ITER(hh, c->namespaces, ns, ntmp)
+            put(&b, "tasker_queue_depth{namespace=\"%s\"} %zu\n", esc(ns->name, e1, sizeof e1),
+                ns->depth);
     head(&b, "tasker_steps_in_flight", "gauge", "Steps held by handlers right now.");
-    put(&b, "tasker_steps_in_flight %zu\n", c->outstanding);
+    put(&b, "tasker_steps_in_flight %zu\n", c->pg ? probe.in_flight : c->outstanding);
     head(&b, "tasker_retry_timers", "gauge", "Steps waiting for a retry or a timeout timer.");
-    put(&b, "tasker_retry_timers %zu\n", c->heap_len);
+    put(&b, "tasker_retry_timers %zu\n", c->pg ? probe.delayed : c->heap_len);
     head(&b, "tasker_fenced_completions_total", "counter",
          "Completions refused because the attempt no longer held the step.");
-    put(&b, "tasker_fenced_completions_total %llu\n", (unsigned long long)c->m_fenced);
+    put(&b, "tasker_fenced_completions_total %llu\n",
+        (unsigned long long)(c->m_fenced + probe.fenced));
     head(&b, "tasker_store_errors_total", "counter", "Failed store operations.");
-    put(&b, "tasker_store_errors_total %llu\n", (unsigned long long)c->m_store_errors);
+    put(&b, "tasker_store_errors_total %llu\n",
+        (unsigned long long)(c->m_store_errors + probe.store_errors));
     head(&b, "tasker_events_dropped_total", "counter",
          "Events dropped because a subscriber's buffer was full.");
     uint64_t dropped = 0;
@@ -322,8 +331,12 @@ int tasker_metrics_text(char **text_out, tasker_coordinator *c)
     head(&b, "tasker_circuit_state", "gauge", "Circuit state: 0 closed, 1 open, 2 half-open.");
     tk_breaker_metrics(c, &b);
     head(&b, "tasker_store_up", "gauge", "1 when the store is reachable.");
-    put(&b, "tasker_store_up{store=\"%s\"} %d\n", c->pg ? "postgres" : "memory", 1);
+    put(&b, "tasker_store_up{store=\"%s\"} %d\n", c->pg ? "postgres" : "memory",
+        c->pg ? probe.reachable : 1);
+    if (probe.text)
+        put(&b, "%s", probe.text);
     pthread_mutex_unlock(&c->lock);
+    tk_pg_probe_free(&probe);
     if (b.oom) {
         tk_free(b.buf);
         return tk_enomem();
@@ -343,9 +356,13 @@ int tasker_health_json(char **json_out, tasker_coordinator *c)
     json_t *circuits = json_object();
     int64_t now = tk_now_ns();
     int degraded = 0;
+    /* The postgres store reads its queues and reachability first. */
+    tk_pg_probe probe = {0};
+    if (c->pg)
+        tk_pg_probe_take(c->pg, &probe);
     pthread_mutex_lock(&c->lock);
-    tk_nsobj *ns, *ntmp;
-    HASH_ITER(hh, c->namespaces, ns, ntmp) {
+    tk_nsobj *ns, *ntmp, *nshead = c->pg ? NULL : c->namespaces;
+    HASH_ITER(hh, nshead, ns, ntmp) {
         /* Oldest ready step: the queues are FIFO per priority, so the first
          * step of each namespace in each bucket is the oldest of that bucket. */
         int64_t oldest = 0;
@@ -365,9 +382,14 @@ int tasker_health_json(char **json_out, tasker_coordinator *c)
     }
     degraded = tk_breaker_health(c, circuits);
     pthread_mutex_unlock(&c->lock);
+    int reachable = c->pg ? probe.reachable : 1;
+    if (probe.namespaces)
+        json_object_update(nss, probe.namespaces);
+    tk_pg_probe_free(&probe);
     json_t *root = json_pack("{s:s, s:s, s:{s:s, s:b}, s:o, s:o, s:{s:b}}", "status",
-                             degraded ? "degraded" : "ok", "version", TASKER_VERSION_STRING,
-                             "store", "kind", c->pg ? "postgres" : "memory", "reachable", 1,
+                             !reachable ? "down" : degraded ? "degraded" : "ok", "version",
+                             TASKER_VERSION_STRING, "store", "kind",
+                             c->pg ? "postgres" : "memory", "reachable", reachable,
                              "namespaces", nss, "circuits", circuits, "config", "valid", 1);
     if (!root)
         return tk_enomem();

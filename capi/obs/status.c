@@ -46,6 +46,8 @@ int tasker_status_json(char **json_out, tasker_coordinator *c)
     if (!json_out || !c)
         return tk_einval("tasker_status_json: json_out and coordinator must not be NULL");
     *json_out = NULL;
+    if (c->pg) /* the postgres store reads it from the database */
+        return tk_pg_status_json(c->pg, json_out);
     json_t *tasks = json_object(), *recent = json_array(), *dead = json_array(),
            *circuits = json_object();
     pthread_mutex_lock(&c->lock);

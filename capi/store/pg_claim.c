@@ -99,7 +99,7 @@ static tk_pgclaim *claim_from_row(tk_pg *pg, PGresult *r, int i, int off, int64_
     long nr = tk_pg_parse_array(PQgetvalue(r, i, off + 12), &dr, &dr_len, &dr_mem);
     if (nd < 0 || nr != nd)
         goto out;
-    size_t size = 0;
+    size_t size = (size_t)PQgetlength(r, i, off + 13) + 1;
     for (int k = 4; k <= 10; k++)
         size += (size_t)PQgetlength(r, i, off + k) + 1;
     for (long k = 0; k < nd; k++)
@@ -126,6 +126,10 @@ static tk_pgclaim *claim_from_row(tk_pg *pg, PGresult *r, int i, int off, int64_
     v->template_name = put(&o, PQgetvalue(r, i, off + 9), (size_t)PQgetlength(r, i, off + 9));
     v->context_len = (size_t)PQgetlength(r, i, off + 10);
     v->context = put(&o, PQgetvalue(r, i, off + 10), v->context_len);
+    cl->tversion = put(&o, PQgetvalue(r, i, off + 13), (size_t)PQgetlength(r, i, off + 13));
+    cl->timeout_ms = (uint32_t)strtoul(PQgetvalue(r, i, off + 14), NULL, 10);
+    cl->queue_wait_ms = strtod(PQgetvalue(r, i, off + 15), NULL);
+    cl->step_state = cl->task_state = -1;
     for (long k = 0; k < nd; k++) {
         names[k] = put(&o, dn[k], dn_len[k]);
         /* A dependency that succeeded without a result reads as "null". */
@@ -142,6 +146,7 @@ static tk_pgclaim *claim_from_row(tk_pg *pg, PGresult *r, int i, int off, int64_
     cl->base.view = &cl->view;
     cl->base.attempt = (uint32_t)strtoul(PQgetvalue(r, i, off + 2), NULL, 10);
     cl->deadline_mono = deadline;
+    cl->claimed_mono = tk_mono_ns();
     cl->pg = pg;
     cl->pins = TK_PIN_HELD;
     atomic_fetch_add(&pg->refs, 1);
@@ -221,8 +226,8 @@ size_t tk_pg_backlog_want_locked(const tk_pg *pg)
     return pg->n_lq < target ? target - pg->n_lq : 0;
 }
 
-int tk_pg_claim_batch(tk_pg *pg, tk_pgconn *c, const char *handlers, size_t max, int poll,
-                      tk_pgclaim **list, size_t *n_out)
+int tk_pg_claim_batch(tk_pg *pg, tk_pgconn *c, const char *handlers, const char *skip_ns,
+                      const char *only_ns, size_t max, int poll, tk_pgclaim **list, size_t *n_out)
 {
     *list = NULL;
     *n_out = 0;
@@ -233,11 +238,11 @@ int tk_pg_claim_batch(tk_pg *pg, tk_pgconn *c, const char *handlers, size_t max,
     snprintf(worker, sizeof worker, "%d", pg->worker_id);
     snprintf(lim, sizeof lim, "%zu", max);
     snprintf(lease, sizeof lease, "%d", lease_ms);
-    const char *vals[] = {worker, handlers, lim, lease};
+    const char *vals[] = {worker, handlers, lim, lease, skip_ns, only_ns};
     /* Read the clock before asking: the database starts the lease after
      * this, so the local deadline is never later than the real one. */
     int64_t deadline = tk_mono_ns() + (int64_t)lease_ms * 1000000;
-    PGresult *r = tk_pg_run(pg, c, TK_PS_CLAIM, 4, vals, NULL);
+    PGresult *r = tk_pg_run(pg, c, TK_PS_CLAIM, 6, vals, NULL);
     atomic_fetch_add(&pg->n_claim_calls, 1);
     if (!r)
         return tasker_error_last()->code;
@@ -365,20 +370,16 @@ static void *worker_main(void *arg)
         cl->state = TK_CL_RUNNING;
         cl->pins |= TK_PIN_HANDLER;
         pg->n_out++;
-        tasker_coordinator *c = pg->coord;
+        tk_pg_obs_start_locked(pg, cl);
         pthread_mutex_unlock(&pg->mu);
 
-        tasker_handler_fn fn = NULL;
-        void *ud = NULL;
-        pthread_mutex_lock(&c->lock);
-        tk_handler *h;
-        HASH_FIND_STR(c->handlers, cl->view.handler, h);
-        if (h) {
-            fn = h->fn;
-            ud = h->userdata;
-        }
-        pthread_mutex_unlock(&c->lock);
-        int rc = fn ? fn(&cl->base, ud) : TASKER_EHANDLER;
+        /* Counts the start and emits step_started.  cl->h was found when
+         * the claim was admitted; a handler's fn and userdata never change
+         * once registered. */
+        tasker_step *one = &cl->base;
+        tk_pg_obs_started(pg, &one, 1);
+        const tk_handler *h = cl->h;
+        int rc = h && h->fn ? h->fn(&cl->base, h->userdata) : TASKER_EHANDLER;
         if (rc < 0) {
             pthread_mutex_lock(&pg->mu);
             int done = cl->base.done;
@@ -411,6 +412,10 @@ static int64_t idle_deadline_locked(tk_pg *pg, int64_t db_due_ms)
 {
     int64_t now = tk_mono_ns();
     int64_t until = now + (int64_t)pg->poll_ms * 1000000;
+    /* An open circuit holding claims back half-opens at brk_due. */
+    int64_t brk = (int64_t)atomic_load(&pg->brk_due);
+    if (brk && brk < until)
+        until = brk > now ? brk : now;
     int64_t due = pg->next_due_ms;
     if (db_due_ms > 0 && (!due || db_due_ms < due))
         due = db_due_ms;
@@ -425,7 +430,7 @@ static int64_t idle_deadline_locked(tk_pg *pg, int64_t db_due_ms)
     return until;
 }
 
-static int64_t next_due_ms(tk_pg *pg, tk_pgconn *c, const char *handlers)
+int64_t tk_pg_next_due(tk_pg *pg, tk_pgconn *c, const char *handlers)
 {
     const char *vals[] = {handlers};
     PGresult *r = tk_pg_run(pg, c, TK_PS_NEXT_DUE, 1, vals, NULL);
@@ -451,9 +456,7 @@ static void *claimer_main(void *arg)
             continue;
         }
         tk_pg_handlers_refresh_locked(pg);
-        char *handlers = pg->worker_handlers && strcmp(pg->worker_handlers, "{}")
-                             ? tk_strdup(pg->worker_handlers)
-                             : NULL;
+        int have = pg->worker_handlers && strcmp(pg->worker_handlers, "{}");
         size_t want = target - pg->n_lq;
         seq = pg->ready_seq;
         pthread_mutex_unlock(&pg->mu);
@@ -462,19 +465,20 @@ static void *claimer_main(void *arg)
         size_t n = 0;
         int64_t db_due = 0;
         int failed = 0;
-        if (handlers) {
-            if (!c && (tk_pg_connect(pg, &c) != TASKER_OK || tk_pg_async_commit(pg, c) != TASKER_OK))
+        if (have) {
+            if (!c && tk_pg_connect(pg, &c) == TASKER_OK && tk_pg_async_commit(pg, c) != TASKER_OK) {
+                tk_pg_disconnect(c);
+                c = NULL;
+            }
+            atomic_store(&pg->up_claimer, c != NULL);
+            if (!c || tk_pg_claim_round(pg, c, 0, want, &list, &n, &db_due) != TASKER_OK)
                 failed = 1;
-            else if (tk_pg_claim_batch(pg, c, handlers, want, 0, &list, &n) != TASKER_OK)
-                failed = 1;
-            else if (n == 0)
-                db_due = next_due_ms(pg, c, handlers);
         }
-        tk_free(handlers);
         if (failed) {
             if (c && PQstatus(c->conn) != CONNECTION_OK) {
                 tk_pg_disconnect(c);
                 c = NULL;
+                atomic_store(&pg->up_claimer, 0);
             }
             backoff = tk_pg_backoff_sleep(pg, backoff, &pg->stopping);
             pthread_mutex_lock(&pg->mu);
@@ -496,6 +500,7 @@ static void *claimer_main(void *arg)
     }
     pthread_mutex_unlock(&pg->mu);
     tk_pg_disconnect(c);
+    atomic_store(&pg->up_claimer, 0);
     return NULL;
 }
 
@@ -563,6 +568,7 @@ void tk_pg_give_back(tk_pg *pg, tk_pgconn *c, tk_pgclaim *list)
         tk_pg_release(pg, c, arr, k, 1);
     tk_pg_pool_put(pg, own);
     tk_free(arr);
+    tk_pg_obs_released(pg, list); /* circuit trials end without an outcome */
     tk_pgclaim *gone = NULL;
     pthread_mutex_lock(&pg->mu);
     while (list) {
@@ -651,29 +657,30 @@ int tk_pg_claim(tk_pg *pg, tasker_step **steps_out, size_t *n_out, size_t max)
             pg->tfd_due_ms = 0;
     }
     tk_pg_handlers_refresh_locked(pg);
-    char *handlers = pg->poll_handlers && strcmp(pg->poll_handlers, "{}") && max && !pg->stopping
-                         ? tk_strdup(pg->poll_handlers)
-                         : NULL;
-    int rc = handlers ? tk_pg_runtime_start_locked(pg) : TASKER_OK;
+    int have = pg->poll_handlers && strcmp(pg->poll_handlers, "{}") && max && !pg->stopping;
+    int rc = have ? tk_pg_runtime_start_locked(pg) : TASKER_OK;
     pthread_mutex_unlock(&pg->mu);
-    if (!handlers || rc) {
-        tk_free(handlers);
+    if (!have || rc)
         return rc;
-    }
     tk_pgconn *c = NULL;
     tk_pgclaim *list = NULL;
     size_t n = 0;
     int64_t db_due = 0;
-    if ((rc = tk_pg_pool_get(pg, &c)) == TASKER_OK &&
-        (rc = tk_pg_claim_batch(pg, c, handlers, max, 1, &list, &n)) == TASKER_OK && n < max)
-        db_due = next_due_ms(pg, c, handlers);
+    if ((rc = tk_pg_pool_get(pg, &c)) == TASKER_OK)
+        rc = tk_pg_claim_round(pg, c, 1, max, &list, &n, &db_due);
     tk_pg_pool_put(pg, c);
-    tk_free(handlers);
     for (tk_pgclaim *cl = list, *nx; cl; cl = nx) {
         nx = cl->qnext;
         cl->qnext = NULL; /* reused by the flush queue and the retained list */
         steps_out[(*n_out)++] = &cl->base;
     }
+    /* Handed out now: their time limits start (the heartbeat thread may
+     * act on them from here on). */
+    pthread_mutex_lock(&pg->mu);
+    for (size_t i = 0; i < *n_out; i++)
+        tk_pg_obs_start_locked(pg, (tk_pgclaim *)(void *)steps_out[i]);
+    pthread_mutex_unlock(&pg->mu);
+    tk_pg_obs_started(pg, steps_out, *n_out);
     pthread_mutex_lock(&pg->mu);
     if (rc == TASKER_OK && n == max) {
         tk_pg_poll_arm_locked(pg, 1, 0); /* there may be more */

@@ -17,16 +17,17 @@ static const struct {
     const char *name;
     const char *sql;
 } stmts[TK_PS_COUNT] = {
-    [TK_PS_CLAIM] = {"tk_claim", "SELECT * FROM tasker.claim($1::int, $2::text[], $3::int, $4::int)"},
+    [TK_PS_CLAIM] = {"tk_claim", "SELECT * FROM tasker.claim_ns($1::int, $2::text[], $3::int, "
+                                 "$4::int, $5::text[], $6::text)"},
     [TK_PS_COMPLETE] = {"tk_complete",
-                        "SELECT * FROM tasker.complete_steps($1::int, $2::bigint[], $3::int[], "
+                        "SELECT * FROM tasker.complete_steps_ev($1::int, $2::bigint[], $3::int[], "
                         "$4::int[], $5::boolean[], $6::text[], $7::text[], $8::text[], "
-                        "$9::boolean[], $10::bigint[], $11::text[])"},
+                        "$9::boolean[], $10::bigint[], $11::text[], $12::boolean[])"},
     [TK_PS_COMPLETE_CLAIM] = {"tk_complete_claim",
-                              "SELECT * FROM tasker.complete_and_claim($1::int, $2::bigint[], "
+                              "SELECT * FROM tasker.complete_and_claim_ns($1::int, $2::bigint[], "
                               "$3::int[], $4::int[], $5::boolean[], $6::text[], $7::text[], "
                               "$8::text[], $9::boolean[], $10::bigint[], $11::text[], "
-                              "$12::text[], $13::int, $14::int)"},
+                              "$12::boolean[], $13::text[], $14::int, $15::int, $16::text[])"},
     [TK_PS_HEARTBEAT] = {"tk_heartbeat", "SELECT * FROM tasker.heartbeat($1::int, $2::bigint[], "
                                          "$3::int[], $4::int[], $5::int)"},
     [TK_PS_RELEASE] = {"tk_release", "SELECT tasker.release_steps($1::int, $2::bigint[], "
@@ -37,11 +38,17 @@ static const struct {
                                    "$3::text, $4::text, $5::text, $6::int)"},
     [TK_PS_TASK_STATE] = {"tk_task_state", "SELECT state FROM tasker.tasks WHERE uuid = $1::uuid"},
     [TK_PS_TASK_JSON] = {"tk_task_json", "SELECT tasker.task_json($1::uuid)"},
-    [TK_PS_CANCEL] = {"tk_cancel", "SELECT * FROM tasker.cancel_task($1::uuid)"},
+    [TK_PS_CANCEL] = {"tk_cancel", "SELECT * FROM tasker.cancel_task_ev($1::uuid)"},
     [TK_PS_RETRY] = {"tk_retry", "SELECT * FROM tasker.retry_task($1::uuid)"},
     [TK_PS_RESOLVE] = {"tk_resolve",
                        "SELECT * FROM tasker.resolve_step($1::uuid, $2::text, $3::text)"},
     [TK_PS_FORGET] = {"tk_forget", "SELECT * FROM tasker.forget_task($1::uuid)"},
+    /* Every namespace with its ready rows, the oldest one's age and the
+     * rows waiting for a retry (health and metrics). */
+    [TK_PS_PROBE] = {"tk_probe",
+                     "SELECT n.name, coalesce(s.ready, 0), s.oldest_ready_age_ms, "
+                     "coalesce(s.delayed, 0) FROM tasker.namespaces n "
+                     "LEFT JOIN tasker.queue_stats() s ON s.namespace = n.name ORDER BY n.name"},
 };
 
 /* ---- messages without passwords ---------------------------------------- */
@@ -142,6 +149,8 @@ int tk_pg_error(tk_pg *pg, tk_pgconn *c, const PGresult *r, const char *what)
         msg = PQerrorMessage(c->conn);
     const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
     char *clean = tk_pg_scrub(pg, msg && *msg ? msg : "no message from the server");
+    if (pg)
+        atomic_fetch_add(&pg->n_errors, 1);
     int rc = tk_err(TASKER_EDATABASE, TASKER_CATEGORY_DATABASE,
                     json_pack("{s:s, s:s?, s:s}", "database", pg->target ? pg->target : "?",
                               "sqlstate", state, "operation", what),
@@ -161,15 +170,22 @@ static void quiet_notices(void *arg, const char *message)
 
 int tk_pg_connect(tk_pg *pg, tk_pgconn **out)
 {
+    return tk_pg_connect_within(pg, out, "10");
+}
+
+int tk_pg_connect_within(tk_pg *pg, tk_pgconn **out, const char *timeout_s)
+{
     *out = NULL;
     /* Defaults first so that the connection string overrides them
      * (expand_dbname: later keywords win). */
     const char *const keys[] = {"application_name", "connect_timeout", "dbname", NULL};
-    const char *const vals[] = {"tasker", "10", pg->conninfo, NULL};
+    const char *const vals[] = {"tasker", timeout_s, pg->conninfo, NULL};
     PGconn *conn = PQconnectdbParams(keys, vals, 1);
     if (!conn)
         return tk_enomem();
     if (PQstatus(conn) != CONNECTION_OK) {
+        atomic_fetch_add(&pg->n_connect_failures, 1);
+        atomic_fetch_add(&pg->n_errors, 1);
         char *clean = tk_pg_scrub(pg, PQerrorMessage(conn));
         int rc = tk_err(TASKER_EDATABASE, TASKER_CATEGORY_NETWORK,
                         json_pack("{s:s}", "database", pg->target),
@@ -194,6 +210,7 @@ int tk_pg_connect(tk_pg *pg, tk_pgconn **out)
     }
     c->conn = conn;
     *out = c;
+    atomic_fetch_add(&pg->n_connects, 1);
     return TASKER_OK;
 }
 

@@ -113,6 +113,30 @@ static int prepare(outcome *o, const tk_pgclaim *cl, int ok, const char *result,
 /* Hands a completion to the flusher (lock held).  Returns 1 when queued
  * (the caller then waits unless completions are asynchronous), else a
  * status code: the completion was settled here without a round trip. */
+/* The refusal of a completion that came after the attempt's time limit. */
+static int timed_out_error(const tk_pgclaim *cl)
+{
+    return tk_err(TASKER_ESTALE, TASKER_CATEGORY_STATE,
+                  json_pack("{s:s, s:s, s:i, s:i}", "task", cl->view.task_uuid, "step",
+                            cl->view.name, "attempt", (int)cl->base.attempt, "timeout_ms",
+                            (int)cl->timeout_ms),
+                  "step '%s' attempt %u ran past its timeout_ms (%u); completion refused",
+                  cl->view.name, cl->base.attempt, cl->timeout_ms);
+}
+
+void tk_pg_flush_push_locked(tk_pg *pg, tk_pgclaim *cl)
+{
+    cl->state = TK_CL_FLUSHING;
+    cl->qnext = NULL;
+    if (pg->fq_tail)
+        pg->fq_tail->qnext = cl;
+    else
+        pg->fq_head = cl;
+    pg->fq_tail = cl;
+    pg->n_fq++;
+    pthread_cond_signal(&pg->flush_cv);
+}
+
 static int submit_locked(tk_pg *pg, tk_pgclaim *cl, int ok, outcome *o,
                          const tasker_failure *failure, tk_pgclaim **gone)
 {
@@ -123,17 +147,31 @@ static int submit_locked(tk_pg *pg, tk_pgclaim *cl, int ok, outcome *o,
                       "step '%s' attempt %u was already completed", cl->view.name,
                       cl->base.attempt);
     cl->base.done = 1;
+    if (cl->timed_out) {
+        /* The time limit passed first; its failure is (being) recorded. */
+        atomic_fetch_add(&pg->n_fenced, 1);
+        return timed_out_error(cl);
+    }
     if (pg->closed) {
         *gone = finish_locked(pg, cl);
         return tk_err(TASKER_ECLOSED, TASKER_CATEGORY_STATE, NULL,
                       "coordinator was closed; the step's result is discarded");
     }
-    if (cl->lost || tk_mono_ns() >= cl->deadline_mono) {
+    int64_t now = tk_mono_ns();
+    if (cl->lost || now >= cl->deadline_mono) {
         /* The lease is known to be gone: no round trip needed. */
         atomic_fetch_add(&pg->n_fenced, 1);
         *gone = finish_locked(pg, cl);
         return status_error(cl, ST_STALE);
     }
+    if (cl->due_mono && now >= cl->due_mono && tk_pg_timeout_fill_locked(pg, cl) == 0) {
+        /* Its time ran out before anybody noticed: the timeout happened
+         * first, so this result is late (as in the memory store). */
+        tk_pg_flush_push_locked(pg, cl);
+        atomic_fetch_add(&pg->n_fenced, 1);
+        return timed_out_error(cl);
+    }
+    cl->ended_mono = now;
     cl->ok = (uint8_t)(ok != 0);
     cl->result = o->res;
     cl->f_class = o->cls;
@@ -142,15 +180,7 @@ static int submit_locked(tk_pg *pg, tk_pgclaim *cl, int ok, outcome *o,
     memset(o, 0, sizeof *o);
     cl->f_retryable = (uint8_t)(!ok && failure->retryable != 0);
     cl->f_after = ok ? -1 : failure->retry_after_ms;
-    cl->state = TK_CL_FLUSHING;
-    cl->qnext = NULL;
-    if (pg->fq_tail)
-        pg->fq_tail->qnext = cl;
-    else
-        pg->fq_head = cl;
-    pg->fq_tail = cl;
-    pg->n_fq++;
-    pthread_cond_signal(&pg->flush_cv);
+    tk_pg_flush_push_locked(pg, cl);
     if (!pg->async_complete)
         cl->pins |= TK_PIN_WAITER;
     return 1;
@@ -244,13 +274,15 @@ int tk_pg_steps_succeed(int *rc_out, tasker_step *const *steps, const char *cons
 
 /* ---- the flusher ------------------------------------------------------------- */
 
+#define N_ARRAYS 11
+
 typedef struct arrays {
-    tk_buf b[10];
+    tk_buf b[N_ARRAYS];
 } arrays;
 
 static int build(arrays *a, tk_pgclaim **cls, size_t n)
 {
-    for (int k = 0; k < 10; k++) {
+    for (int k = 0; k < N_ARRAYS; k++) {
         tk_buf_init(&a->b[k]);
         tk_buf_add(&a->b[k], "{", 1);
     }
@@ -267,9 +299,10 @@ static int build(arrays *a, tk_pgclaim **cls, size_t n)
         tk_buf_addf(&a->b[7], "%s%s", sep, cl->f_retryable ? "t" : "f");
         tk_buf_addf(&a->b[8], "%s%lld", sep, (long long)cl->f_after);
         tk_buf_elem(&a->b[9], cl->f_context, i == 0);
+        tk_buf_addf(&a->b[10], "%s%s", sep, cl->timed_out ? "t" : "f");
     }
     int oom = 0;
-    for (int k = 0; k < 10; k++) {
+    for (int k = 0; k < N_ARRAYS; k++) {
         tk_buf_add(&a->b[k], "}", 1);
         oom |= a->b[k].oom;
     }
@@ -278,51 +311,28 @@ static int build(arrays *a, tk_pgclaim **cls, size_t n)
 
 static void arrays_free(arrays *a)
 {
-    for (int k = 0; k < 10; k++)
+    for (int k = 0; k < N_ARRAYS; k++)
         tk_buf_free(&a->b[k]);
 }
 
-/* Records `n` completions; writes each one's status.  Transient failures
- * (connection lost, deadlock) are retried: the function recognises entries
- * an earlier, interrupted attempt already recorded. */
-static void flush_batch(tk_pg *pg, tk_pgconn **cp, tk_pgclaim **cls, size_t n, int *status,
-                        char **err, const char *handlers, size_t want, int lease_ms,
-                        tk_pgclaim **claims, size_t *n_claims)
+/* Runs one recording statement, trying again while the failure is
+ * transient (connection lost, deadlock): the function recognises entries
+ * an earlier, interrupted attempt already recorded.  *hard: it failed for
+ * good with the connection fine (the statement itself failed). */
+static PGresult *flush_call(tk_pg *pg, tk_pgconn **cp, const char *const *vals, int with_claim,
+                            int *hard)
 {
-    *claims = NULL;
-    *n_claims = 0;
-    *err = NULL;
-    arrays a;
-    if (build(&a, cls, n) < 0) {
-        arrays_free(&a);
-        for (size_t i = 0; i < n; i++)
-            status[i] = TASKER_ENOMEM;
-        *err = tk_strdup("out of memory");
-        return;
-    }
-    char worker[16], lim[24], lease[16];
-    snprintf(worker, sizeof worker, "%d", pg->worker_id);
-    snprintf(lim, sizeof lim, "%zu", want);
-    snprintf(lease, sizeof lease, "%d", lease_ms);
-    const char *vals[14] = {worker};
-    for (int k = 0; k < 10; k++)
-        vals[k + 1] = a.b[k].p;
-    /* Worker threads want more work: claim it in the same transaction. */
-    int with_claim = handlers && want > 0;
-    vals[11] = handlers;
-    vals[12] = lim;
-    vals[13] = lease;
-    int64_t deadline = tk_mono_ns() + (int64_t)lease_ms * 1000000;
     PGresult *r = NULL;
     unsigned backoff = 0;
+    *hard = 0;
     for (int attempt = 0; attempt < 20; attempt++) {
         int transient = 0;
         if (!*cp && tk_pg_connect(pg, cp) != TASKER_OK) {
             *cp = NULL;
             transient = 1;
         } else {
-            r = with_claim ? tk_pg_run(pg, *cp, TK_PS_COMPLETE_CLAIM, 14, vals, &transient)
-                           : tk_pg_run(pg, *cp, TK_PS_COMPLETE, 11, vals, &transient);
+            r = with_claim ? tk_pg_run(pg, *cp, TK_PS_COMPLETE_CLAIM, 16, vals, &transient)
+                           : tk_pg_run(pg, *cp, TK_PS_COMPLETE, 12, vals, &transient);
             atomic_fetch_add(&pg->n_flush_calls, 1);
             if (r)
                 break;
@@ -331,8 +341,11 @@ static void flush_batch(tk_pg *pg, tk_pgconn **cp, tk_pgclaim **cls, size_t n, i
                 *cp = NULL;
             }
         }
-        if (!transient)
+        atomic_store(&pg->up_flusher, *cp != NULL);
+        if (!transient) {
+            *hard = 1;
             break;
+        }
         /* While closing, give up sooner: the leases will expire. */
         pthread_mutex_lock(&pg->mu);
         int quitting = pg->flush_quit;
@@ -342,30 +355,163 @@ static void flush_batch(tk_pg *pg, tk_pgconn **cp, tk_pgclaim **cls, size_t n, i
         static const int never = 0;
         backoff = tk_pg_backoff_sleep(pg, backoff, &never);
     }
+    atomic_store(&pg->up_flusher, *cp != NULL);
+    return r;
+}
+
+/* Records `n` completions (and claims up to `want` steps for `handlers`
+ * in the same transaction when `handlers` is not NULL); writes each one's
+ * status and what it did to the claims.  Returns 0, or -1 when the
+ * statement itself failed (*hard) or the database could not be reached. */
+static int flush_some(tk_pg *pg, tk_pgconn **cp, tk_pgclaim **cls, size_t n, int *status,
+                      char **err, const char *handlers, size_t want, int lease_ms,
+                      tk_pgclaim **claims, size_t *n_claims, int *hard)
+{
+    *hard = 0;
+    arrays a;
+    if (build(&a, cls, n) < 0) {
+        arrays_free(&a);
+        for (size_t i = 0; i < n; i++)
+            status[i] = TASKER_ENOMEM;
+        tk_free(*err);
+        *err = tk_strdup("out of memory");
+        return -1;
+    }
+    char worker[16], lim[24], lease[16];
+    snprintf(worker, sizeof worker, "%d", pg->worker_id);
+    snprintf(lim, sizeof lim, "%zu", want);
+    snprintf(lease, sizeof lease, "%d", lease_ms);
+    const char *vals[16] = {worker};
+    for (int k = 0; k < N_ARRAYS; k++)
+        vals[k + 1] = a.b[k].p;
+    /* Worker threads want more work: claim it in the same transaction
+     * (only while every circuit is closed: see pg_round.c). */
+    int with_claim = handlers && want > 0;
+    vals[12] = handlers;
+    vals[13] = lim;
+    vals[14] = lease;
+    vals[15] = NULL; /* no namespace left out */
+    int64_t deadline = tk_mono_ns() + (int64_t)lease_ms * 1000000;
+    PGresult *r = flush_call(pg, cp, vals, with_claim, hard);
     if (r) {
-        /* complete_and_claim: kind, ord, status, then the claim columns. */
+        /* complete_and_claim_ns: kind, then complete_steps_ev's columns
+         * (ord, status, step_state, task_id, task_state, task_age_ms),
+         * then the claim columns from 7.  complete_steps_ev's rows: every
+         * entry's status, then the new state of failed steps, then the
+         * tasks the batch finished. */
         int oc = with_claim ? 1 : 0;
         for (size_t i = 0; i < n; i++)
             status[i] = ST_STALE;
         for (int row = 0; row < PQntuples(r); row++) {
             if (with_claim && strcmp(PQgetvalue(r, row, 0), "0") != 0)
                 continue;
+            if (PQgetisnull(r, row, oc)) {
+                /* A finished task: the first entry of it that was recorded
+                 * reports it (once per task). */
+                long long tid = strtoll(PQgetvalue(r, row, oc + 3), NULL, 10);
+                for (size_t i = 0; i < n; i++) {
+                    if (cls[i]->task_id == tid && status[i] == ST_OK) {
+                        cls[i]->task_finished = 1;
+                        cls[i]->task_state = (int8_t)atoi(PQgetvalue(r, row, oc + 4));
+                        cls[i]->task_age_ms = strtod(PQgetvalue(r, row, oc + 5), NULL);
+                        break;
+                    }
+                }
+                continue;
+            }
             long ord = strtol(PQgetvalue(r, row, oc), NULL, 10);
-            if (ord >= 1 && (size_t)ord <= n)
+            if (ord < 1 || (size_t)ord > n)
+                continue;
+            if (!PQgetisnull(r, row, oc + 1))
                 status[ord - 1] = atoi(PQgetvalue(r, row, oc + 1));
+            else if (!PQgetisnull(r, row, oc + 2))
+                cls[ord - 1]->step_state = (int8_t)atoi(PQgetvalue(r, row, oc + 2));
         }
         if (with_claim) {
-            *n_claims = tk_pg_claims_from_result(pg, r, 3, 0, deadline, 0, claims);
+            *n_claims = tk_pg_claims_from_result(pg, r, 7, 0, deadline, 0, claims);
             atomic_fetch_add(&pg->n_claim_calls, 1);
         }
         PQclear(r);
-    } else {
-        const tasker_error *e = tasker_error_last();
-        for (size_t i = 0; i < n; i++)
-            status[i] = e->code ? e->code : TASKER_EDATABASE;
-        *err = tk_strdup(e->message);
+        arrays_free(&a);
+        return 0;
     }
+    const tasker_error *e = tasker_error_last();
+    for (size_t i = 0; i < n; i++)
+        status[i] = e->code ? e->code : TASKER_EDATABASE;
+    tk_free(*err);
+    *err = tk_strdup(e->message);
     arrays_free(&a);
+    return -1;
+}
+
+/* Records a batch.  When the statement fails for good, the failure is
+ * narrowed down so that one namespace's broken queue operations do not
+ * stop the others' completions: first without the piggybacked claim (the
+ * claimer then finds the failing namespace, pg_round.c), then namespace
+ * by namespace.  *attrib: statuses were obtained per namespace, so they
+ * tell which namespaces' queue operations work. */
+static void flush_batch(tk_pg *pg, tk_pgconn **cp, tk_pgclaim **cls, size_t n, int *status,
+                        char **err, const char *handlers, size_t want, int lease_ms,
+                        tk_pgclaim **claims, size_t *n_claims, int *attrib)
+{
+    *claims = NULL;
+    *n_claims = 0;
+    *err = NULL;
+    *attrib = 0;
+    int hard = 0;
+    if (flush_some(pg, cp, cls, n, status, err, handlers, want, lease_ms, claims, n_claims,
+                   &hard) == 0 || !hard)
+        return;
+    if (handlers && want > 0) {
+        if (flush_some(pg, cp, cls, n, status, err, NULL, 0, lease_ms, claims, n_claims, &hard) ==
+            0) {
+            pthread_mutex_lock(&pg->mu);
+            pg->isolate = 1;
+            pthread_mutex_unlock(&pg->mu);
+            return;
+        }
+        if (!hard)
+            return;
+    }
+    *attrib = 1;
+    size_t n_ns = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t j = 0;
+        while (j < i && strcmp(cls[j]->view.ns, cls[i]->view.ns))
+            j++;
+        n_ns += j == i;
+    }
+    if (n_ns < 2)
+        return;
+    tk_pgclaim **sub = tk_calloc(n, sizeof *sub);
+    int *sst = tk_calloc(n, sizeof *sst);
+    uint8_t *seen = tk_calloc(n, 1);
+    if (!sub || !sst || !seen) {
+        tk_free(sub);
+        tk_free(sst);
+        tk_free(seen);
+        return; /* every entry keeps the batch's error */
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (seen[i])
+            continue;
+        size_t k = 0;
+        for (size_t j = i; j < n; j++) {
+            if (!seen[j] && !strcmp(cls[j]->view.ns, cls[i]->view.ns)) {
+                seen[j] = 1;
+                sub[k++] = cls[j];
+            }
+        }
+        tk_pgclaim *none = NULL;
+        size_t n_none = 0;
+        flush_some(pg, cp, sub, k, sst, err, NULL, 0, lease_ms, &none, &n_none, &hard);
+        for (size_t x = 0, j = i; x < k; j++)
+            if (cls[j] == sub[x])
+                status[j] = sst[x++];
+    }
+    tk_free(sub);
+    tk_free(sst);
+    tk_free(seen);
 }
 
 static void *flusher_main(void *arg)
@@ -403,7 +549,9 @@ static void *flusher_main(void *arg)
             pg->fq_tail = NULL;
         pg->n_fq -= n;
         tk_pg_handlers_refresh_locked(pg);
-        size_t want = tk_pg_backlog_want_locked(pg);
+        /* Claims ride along only while no circuit needs the claimer's
+         * namespace-by-namespace care. */
+        size_t want = atomic_load(&pg->plain) && !pg->isolate ? tk_pg_backlog_want_locked(pg) : 0;
         char *handlers = want ? tk_strdup(pg->worker_handlers) : NULL;
         int lease_ms = pg->lease_ms;
         if (n == 0) {
@@ -427,9 +575,14 @@ static void *flusher_main(void *arg)
         char *err = NULL;
         tk_pgclaim *claims = NULL;
         size_t n_claims = 0;
+        int attrib = 0;
         flush_batch(pg, &c, cls, n, status, &err, handlers, handlers ? want : 0, lease_ms,
-                    &claims, &n_claims);
+                    &claims, &n_claims, &attrib);
         tk_free(handlers);
+        /* Counters, events and circuits, while the claims are still pinned. */
+        tk_pg_obs_flushed(pg, cls, status, n, attrib);
+        if (n_claims)
+            n_claims = tk_pg_admit(pg, c, &claims, n_claims);
 
         tk_pgclaim *gone = NULL;
         size_t done = 0, fenced = 0;
@@ -440,7 +593,8 @@ static void *flusher_main(void *arg)
             if (status[i] < 0 && err)
                 cl->err = tk_strdup(err);
             done += status[i] == ST_OK;
-            fenced += status[i] == ST_STALE;
+            /* A refused time-limit record is no late completion. */
+            fenced += status[i] == ST_STALE && !cl->timed_out;
             tk_pgclaim *g = finish_locked(pg, cl);
             if (g) {
                 g->qnext = gone;
@@ -473,6 +627,7 @@ static void *flusher_main(void *arg)
     tk_free(cls);
     tk_free(status);
     tk_pg_disconnect(c);
+    atomic_store(&pg->up_flusher, 0);
     return NULL;
 }
 

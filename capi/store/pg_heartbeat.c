@@ -14,6 +14,54 @@
 #include "core/error.h"
 #include "store/pg_internal.h"
 
+/* ---- handler time limits ---------------------------------------------- */
+
+int tk_pg_timeout_fill_locked(tk_pg *pg, tk_pgclaim *cl)
+{
+    char msg[96];
+    snprintf(msg, sizeof msg, "handler did not finish within %u ms", cl->timeout_ms);
+    char *cls = tk_strdup("tasker.TimeoutError"), *m = tk_strdup(msg);
+    if (!cls || !m) {
+        tk_free(cls);
+        tk_free(m);
+        return -1; /* tried again at the next tick */
+    }
+    tk_free(cl->result);
+    tk_free(cl->f_class);
+    tk_free(cl->f_message);
+    tk_free(cl->f_context);
+    cl->result = NULL;
+    cl->f_context = NULL;
+    cl->f_class = cls;
+    cl->f_message = m;
+    cl->ok = 0;
+    cl->f_retryable = 1;
+    cl->f_after = -1;
+    cl->timed_out = 1;
+    cl->ended_mono = cl->due_mono;
+    atomic_fetch_add(&pg->n_timeouts, 1);
+    return 0;
+}
+
+int64_t tk_pg_timeouts_locked(tk_pg *pg, int64_t now)
+{
+    int64_t next = 0;
+    for (tk_pgclaim *cl = pg->held; cl; cl = cl->next) {
+        if (cl->state != TK_CL_RUNNING || cl->base.done || cl->timed_out || !cl->due_mono)
+            continue;
+        /* The handler keeps running (a thread cannot be stopped safely);
+         * its attempt fails now and its completion will be refused. */
+        if (now >= cl->due_mono && !pg->closed && tk_pg_timeout_fill_locked(pg, cl) == 0) {
+            tk_pg_flush_push_locked(pg, cl);
+            continue;
+        }
+        if (!next || cl->due_mono < next)
+            next = cl->due_mono;
+    }
+    pg->tmo_next = next;
+    return next;
+}
+
 static void heartbeat_once(tk_pg *pg, tk_pgconn **cp)
 {
     pthread_mutex_lock(&pg->mu);
@@ -59,6 +107,7 @@ static void heartbeat_once(tk_pg *pg, tk_pgconn **cp)
             tk_pg_disconnect(*cp);
             *cp = NULL;
         }
+        atomic_store(&pg->up_heart, *cp != NULL);
         if (*cp) {
             char worker[16], lease[16];
             snprintf(worker, sizeof worker, "%d", pg->worker_id);
@@ -68,6 +117,7 @@ static void heartbeat_once(tk_pg *pg, tk_pgconn **cp)
             if (!r && PQstatus((*cp)->conn) != CONNECTION_OK) {
                 tk_pg_disconnect(*cp);
                 *cp = NULL;
+                atomic_store(&pg->up_heart, 0);
             }
         }
     }
@@ -109,12 +159,18 @@ static void *heart_main(void *arg)
     tk_pgconn *c = NULL;
     pthread_mutex_lock(&pg->mu);
     while (!pg->heart_quit) {
-        /* Three renewals per lease: one lost round trip does not lose it. */
-        int64_t until = tk_mono_ns() + (int64_t)pg->lease_ms / 3 * 1000000;
-        struct timespec ts = {.tv_sec = until / 1000000000, .tv_nsec = until % 1000000000};
-        while (!pg->heart_quit && tk_mono_ns() < until)
-            if (pthread_cond_timedwait(&pg->heart_cv, &pg->mu, &ts) != 0)
+        /* Three renewals per lease: one lost round trip does not lose it.
+         * Meanwhile the thread watches the handlers' time limits. */
+        int64_t beat = tk_mono_ns() + (int64_t)pg->lease_ms / 3 * 1000000;
+        for (;;) {
+            int64_t now = tk_mono_ns();
+            int64_t tmo = tk_pg_timeouts_locked(pg, now);
+            if (pg->heart_quit || now >= beat)
                 break;
+            int64_t until = tmo && tmo < beat ? tmo : beat;
+            struct timespec ts = {.tv_sec = until / 1000000000, .tv_nsec = until % 1000000000};
+            pthread_cond_timedwait(&pg->heart_cv, &pg->mu, &ts);
+        }
         if (pg->heart_quit)
             break;
         pthread_mutex_unlock(&pg->mu);
@@ -123,6 +179,7 @@ static void *heart_main(void *arg)
     }
     pthread_mutex_unlock(&pg->mu);
     tk_pg_disconnect(c);
+    atomic_store(&pg->up_heart, 0);
     return NULL;
 }
 

@@ -8,7 +8,8 @@
  *              queue (worker mode only).
  *   workers    run those handlers.
  *   flusher    records queued completions, many per transaction.
- *   heartbeat  renews the leases of claimed steps not yet completed.
+ *   heartbeat  renews the leases of claimed steps not yet completed, and
+ *              fails attempts that run past their step's timeout_ms.
  * Each thread has its own connection; calls from application threads
  * (task create/get/cancel..., poll-mode claims) borrow one from a pool.
  *
@@ -28,7 +29,7 @@
 #include "store/postgres.h"
 
 /* The schema version this library needs (sql/NNNN_*.sql). */
-#define TK_PG_SCHEMA_VERSION 4
+#define TK_PG_SCHEMA_VERSION 5
 
 #define TK_PG_POOL_MAX 4
 #define TK_PG_RETAIN_MAX 4096 /* finished handles kept readable */
@@ -48,6 +49,7 @@ typedef enum tk_ps {
     TK_PS_RETRY,
     TK_PS_RESOLVE,
     TK_PS_FORGET,
+    TK_PS_PROBE,
     TK_PS_COUNT
 } tk_ps;
 
@@ -88,6 +90,19 @@ typedef struct tk_pgclaim {
     int status; /* result of the flush: 0, 1 stale, 2 cancelled, <0 TASKER_E* */
     char *err;  /* the flusher's error message when status < 0 */
     char *mem;  /* the view's strings */
+    /* Observability and resilience (pg_obs.c, pg_round.c). */
+    const char *tversion;      /* the template version (in mem) */
+    const struct tk_reg *reg;  /* this process's registration of that version, or NULL */
+    struct tk_handler *h;      /* the handler here (set when admitted) */
+    uint32_t timeout_ms;       /* the step's handler time limit, 0 none */
+    uint8_t brk;               /* the handler's circuit was asked (tk_breaker_allow) */
+    uint8_t timed_out;         /* the attempt ran past timeout_ms [mu] */
+    uint8_t task_finished;     /* flush result: this batch finished the task */
+    int8_t step_state, task_state; /* flush result: states afterwards (-1 unknown) */
+    double queue_wait_ms;      /* ready -> claimed, from the database */
+    double task_age_ms;        /* flush result: the task's age when it finished */
+    int64_t claimed_mono, started_mono, ended_mono; /* claim, handler start, completion */
+    int64_t due_mono;          /* handler time limit (monotonic ns), 0 none [mu] */
 } tk_pgclaim;
 
 /* A thread in tasker_task_wait. */
@@ -167,14 +182,32 @@ struct tk_pg {
     tk_pgclaim *ret_head, *ret_tail;
     size_t n_ret;
 
+    /* handler timeouts: earliest due_mono the heartbeat thread waits for [mu] */
+    int64_t tmo_next;
+
+    /* circuits (pg_round.c) [mu] */
+    int isolate;        /* claim namespace by namespace (one failed the others) */
+    atomic_int plain;   /* every circuit closed and not isolating: the flusher may claim */
+    atomic_llong brk_due; /* earliest monotonic ns an open circuit half-opens, 0 none */
+
+    /* health probe: its own connection, one probe at a time */
+    pthread_mutex_t probe_mu;
+    tk_pgconn *probe;
+
+    /* connection state for metrics: 1 while the thread holds a connection */
+    atomic_int up_listener, up_claimer, up_flusher, up_heart;
+
     /* counters */
     atomic_ulong n_fenced, n_completed, n_claimed, n_claim_calls, n_flush_calls;
+    atomic_ulong n_errors, n_connects, n_connect_failures, n_timeouts;
 };
 
 /* ---- pg_conn.c: connections and statements ---- */
 
 /* Connects; on failure sets a TASKER_EDATABASE error naming pg->target. */
 int tk_pg_connect(tk_pg *pg, tk_pgconn **out);
+/* The same with libpq's connect_timeout (seconds, text). */
+int tk_pg_connect_within(tk_pg *pg, tk_pgconn **out, const char *timeout_s);
 void tk_pg_disconnect(tk_pgconn *c);
 /* A pooled connection (connecting if none is idle) / its return; a broken
  * connection is closed instead of being pooled. */
@@ -227,15 +260,19 @@ void tk_pg_wake_ready_locked(tk_pg *pg);
 void tk_pg_poll_arm_locked(tk_pg *pg, int ready, int64_t due_ms);
 
 /* ---- pg_claim.c ---- */
-/* Claims up to `max` steps for `handlers` (a text[] literal) on `c`;
- * the new claims are held and returned in a list linked by qnext. */
-int tk_pg_claim_batch(tk_pg *pg, tk_pgconn *c, const char *handlers, size_t max, int poll,
-                      tk_pgclaim **list, size_t *n);
+/* Claims up to `max` steps for `handlers` (a text[] literal) on `c`, not
+ * from the namespaces in `skip_ns` (text[] literal or NULL) and, if
+ * `only_ns` is not NULL, from that namespace only; the new claims are held
+ * and returned in a list linked by qnext. */
+int tk_pg_claim_batch(tk_pg *pg, tk_pgconn *c, const char *handlers, const char *skip_ns,
+                      const char *only_ns, size_t max, int poll, tk_pgclaim **list, size_t *n);
 /* Builds and holds the claims in a result (columns of tasker.claim from
  * `off`; only rows whose column `kind_col` is 1 when kind_col >= 0).
  * Returns how many, linked by qnext. */
 size_t tk_pg_claims_from_result(tk_pg *pg, PGresult *r, int off, int kind_col, int64_t deadline,
                                 int poll, tk_pgclaim **list);
+/* The earliest time (Unix ms) a queue row for `handlers` becomes visible, 0 none. */
+int64_t tk_pg_next_due(tk_pg *pg, tk_pgconn *c, const char *handlers);
 /* Appends claims to the local queue for the worker threads (lock held). */
 void tk_pg_enqueue_local_locked(tk_pg *pg, tk_pgclaim *list, size_t n);
 /* How many more claims worker mode wants queued locally (lock held). */
@@ -272,6 +309,52 @@ int tk_pg_flusher_start(tk_pg *pg);
 int tk_pg_runtime_start_locked(tk_pg *pg);
 /* Records everything queued, then stops the flusher. */
 void tk_pg_flusher_stop(tk_pg *pg);
+/* Queues a claim whose completion is filled in for the flusher (lock held). */
+void tk_pg_flush_push_locked(tk_pg *pg, tk_pgclaim *cl);
+
+/* ---- pg_round.c: claims under the circuits ---- */
+/* One claim round for worker mode (poll 0) or poll mode (poll 1): skips
+ * handlers and namespaces whose circuit is open, feeds the namespace
+ * circuits, and claims namespace by namespace while one of them fails.
+ * Claims refused by their handler's circuit are given back.  *db_due: the
+ * next due time (Unix ms) when fewer than `want` were found, else 0. */
+int tk_pg_claim_round(tk_pg *pg, tk_pgconn *c, int poll, size_t want, tk_pgclaim **list,
+                      size_t *n, int64_t *db_due);
+/* Lets claims through their handler's circuit and resolves what metrics
+ * and events need (coordinator lock taken here; pg->mu not held).  Claims
+ * refused are unlinked from *list and given back; returns how many remain. */
+size_t tk_pg_admit(tk_pg *pg, tk_pgconn *c, tk_pgclaim **list, size_t n);
+/* Whether an error on `c` is the connection's (not the statement's). */
+int tk_pg_conn_failed(const tk_pgconn *c);
+/* Recomputes pg->plain and pg->brk_due (coordinator lock held). */
+void tk_pg_circuits_scan_locked(tk_pg *pg);
+
+/* ---- pg_obs.c: events, metrics, health ---- */
+/* A handler starts (worker thread) or a poll-mode claim is handed out:
+ * first, with pg->mu held, its start time and time limit are set; then,
+ * with no lock held, it is counted and step_started is emitted. */
+void tk_pg_obs_start_locked(tk_pg *pg, tk_pgclaim *cl);
+void tk_pg_obs_started(tk_pg *pg, tasker_step *const *steps, size_t n);
+/* Completions recorded (status[i] as in pg_flush.c); `attrib`: a batch
+ * failed and was recorded namespace by namespace, so statuses say which
+ * namespaces' queue operations work.  No lock held; claims pinned. */
+void tk_pg_obs_flushed(tk_pg *pg, tk_pgclaim **cls, const int *status, size_t n, int attrib);
+/* Claims given back without an outcome (their circuit trial ends). */
+void tk_pg_obs_released(tk_pg *pg, tk_pgclaim *list);
+void tk_pg_obs_task(tk_pg *pg, uint32_t type, const char *uuid, const char *ns,
+                    const char *name);
+/* A task this process cancelled: step_cancelled for each step the
+ * cancellation stopped, then task_cancelled (`r`: tasker.cancel_task_ev). */
+void tk_pg_obs_cancelled(tk_pg *pg, const char *uuid, PGresult *r);
+void tk_pg_probe_close(tk_pg *pg);
+
+/* ---- pg_heartbeat.c: handler time limits ---- */
+/* Turns attempts past their time limit into TimeoutError failures queued
+ * for the flusher (lock held); returns the next due time, 0 none. */
+int64_t tk_pg_timeouts_locked(tk_pg *pg, int64_t now);
+/* Makes `cl` a TimeoutError failure (lock held; the caller queues it);
+ * -1 when out of memory (nothing changed). */
+int tk_pg_timeout_fill_locked(tk_pg *pg, tk_pgclaim *cl);
 
 /* ---- postgres.c ---- */
 void tk_pg_unref(tk_pg *pg);

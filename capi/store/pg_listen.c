@@ -87,6 +87,7 @@ static void *listener_main(void *arg)
                 backoff = tk_pg_backoff_sleep(pg, backoff, &pg->listener_quit);
                 continue;
             }
+            atomic_store(&pg->up_listener, 1);
             if (backoff) {
                 /* Reconnected: whatever was notified meanwhile is lost. */
                 pthread_mutex_lock(&pg->mu);
@@ -104,6 +105,7 @@ static void *listener_main(void *arg)
             backoff = 1;
             tk_pg_disconnect(c);
             c = NULL;
+            atomic_store(&pg->up_listener, 0);
             continue;
         }
         if (fds[1].revents & POLLIN) {
@@ -122,6 +124,7 @@ static void *listener_main(void *arg)
                 backoff = 1;
                 tk_pg_disconnect(c);
                 c = NULL;
+                atomic_store(&pg->up_listener, 0);
                 continue;
             }
         }
@@ -129,6 +132,7 @@ static void *listener_main(void *arg)
             backoff = 1;
             tk_pg_disconnect(c);
             c = NULL;
+            atomic_store(&pg->up_listener, 0);
             continue;
         }
         PGnotify *nt;
@@ -160,6 +164,7 @@ static void *listener_main(void *arg)
         pthread_mutex_unlock(&pg->mu);
     }
     tk_pg_disconnect(c);
+    atomic_store(&pg->up_listener, 0);
     return NULL;
 }
 

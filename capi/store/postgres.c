@@ -30,6 +30,8 @@ static void pg_free(tk_pg *pg)
         close(pg->tfd);
     if (pg->wake_fd >= 0)
         close(pg->wake_fd);
+    tk_pg_disconnect(pg->probe);
+    pthread_mutex_destroy(&pg->probe_mu);
     pthread_mutex_destroy(&pg->mu);
     pthread_cond_destroy(&pg->drain_cv);
     pthread_cond_destroy(&pg->work_cv);
@@ -126,6 +128,8 @@ int tk_pg_open(tk_pg **out, tasker_coordinator *coord, const struct tasker_confi
     pg->claim_batch = 64;
     pg->flush_max = 256;
     atomic_init(&pg->refs, 1);
+    atomic_init(&pg->plain, 1);
+    pthread_mutex_init(&pg->probe_mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -220,6 +224,7 @@ void tk_pg_close(tk_pg *pg)
     tk_free(cls);
 
     tk_pg_listener_stop(pg);
+    tk_pg_probe_close(pg);
     tk_pgconn *c = NULL;
     if (tk_pg_pool_get(pg, &c) == TASKER_OK) {
         char id[16];
@@ -435,6 +440,8 @@ int tk_pg_task_create(tk_pg *pg, const tasker_task_request *req, char *uuid_out)
         if (status == 0 || status == 1) {
             snprintf(uuid_out, TASKER_UUID_BUFSIZE, "%s", PQgetvalue(r, 0, 1));
             rc = TASKER_OK;
+            if (status == 0) /* a new task, not one found by its idempotency key */
+                tk_pg_obs_task(pg, TASKER_EVENT_TASK_CREATED, uuid_out, req->ns, req->name);
         } else if (status == 2) {
             rc = tk_err(TASKER_ENOTFOUND, TASKER_CATEGORY_TEMPLATE,
                         json_pack("{s:s, s:s, s:s?}", "namespace", req->ns, "name", req->name,
@@ -612,7 +619,18 @@ static int task_op(tk_pg *pg, tk_ps ps, const char *uuid, const char *what)
 
 int tk_pg_task_cancel(tk_pg *pg, const char *uuid)
 {
-    return task_op(pg, TK_PS_CANCEL, uuid, "it cannot be cancelled");
+    int rc;
+    const char *vals[] = {uuid};
+    PGresult *r = run_pooled(pg, TK_PS_CANCEL, 1, vals, &rc);
+    if (!r)
+        return rc;
+    rc = op_status(r, uuid, "it cannot be cancelled", NULL);
+    /* tasker.cancel_task_ev adds the task's names and the steps it
+     * cancelled, for the events. */
+    if (rc == TASKER_OK)
+        tk_pg_obs_cancelled(pg, uuid, r);
+    PQclear(r);
+    return rc;
 }
 
 int tk_pg_task_retry(tk_pg *pg, const char *uuid)

@@ -89,4 +89,25 @@ typedef struct tk_pg_stat {
 } tk_pg_stat;
 int tk_pg_stats(tasker_coordinator *coord, tk_pg_stat *out);
 
+/*
+ * Observability hooks for capi/obs/metrics.c and status.c.  A probe is
+ * taken without the coordinator's lock (one short query, on a connection
+ * of its own, bounded by a 2 s connect and statement timeout) and then
+ * read under it.
+ */
+struct json_t;
+typedef struct tk_pg_probe {
+    int reachable;               /* the probe query ran */
+    struct json_t *namespaces;   /* {NS: {"queue_depth", "oldest_ready_age_ms"}}, never NULL
+                                    after a take (values null when unreachable) */
+    char *depth_text;            /* tasker_queue_depth samples ("" when unreachable) */
+    char *text;                  /* the store's own metric families */
+    size_t in_flight, delayed;   /* claims held here; queue rows waiting for a retry */
+    unsigned long fenced, store_errors;
+} tk_pg_probe;
+void tk_pg_probe_take(tk_pg *pg, tk_pg_probe *out);
+void tk_pg_probe_free(tk_pg_probe *p);
+/* tasker_status_json for the postgres store (from the database). */
+int tk_pg_status_json(tk_pg *pg, char **json_out);
+
 #endif

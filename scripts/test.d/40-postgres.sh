@@ -56,8 +56,18 @@ PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); p
 
 "${RUNAS[@]}" "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --no-sync \
     >"$TMP/initdb.log" 2>&1 || { cat "$TMP/initdb.log" >&2; fail "initdb"; }
+# The settings go into the cluster's own configuration (not pg_ctl -o), so
+# that a test restarting the server with a plain `pg_ctl start` gets the
+# same port and socket directory back.
+cat >>"$PGDATA/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $PORT
+unix_socket_directories = '$TMP'
+synchronous_commit = on
+max_connections = 200
+fsync = on
+EOF
 "${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$PGDATA" -l "$TMP/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $PORT -k $TMP -c synchronous_commit=on -c max_connections=200 -c fsync=on" \
     start >/dev/null 2>&1 || { cat "$TMP/server.log" >&2; fail "the server did not start"; }
 started=1
 say "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PORT (data in $PGDATA)"
@@ -65,6 +75,13 @@ say "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$
 "$PGBIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -qAt -c "CREATE DATABASE tasker_test" \
     >/dev/null || fail "could not create the test database"
 export TASKER_TEST_DATABASE_URL="host=127.0.0.1 port=$PORT user=postgres dbname=tasker_test"
+# For tests that stop and restart the server (tests/c/pg/test_pg_restart.c):
+# `$TASKER_TEST_PGCTL -D $TASKER_TEST_PGDATA ...`, run as $TASKER_TEST_PGUSER
+# (through runuser) when set, logging to $TASKER_TEST_PGLOG.
+export TASKER_TEST_PGCTL="$PGBIN/pg_ctl"
+export TASKER_TEST_PGDATA="$PGDATA"
+export TASKER_TEST_PGLOG="$TMP/server.log"
+if [ "${#RUNAS[@]}" -gt 0 ]; then export TASKER_TEST_PGUSER=postgres; else unset TASKER_TEST_PGUSER; fi
 
 if ! ctest --test-dir "$BUILD_DIR" -N -L postgres | grep -q "Total Tests: [1-9]"; then
     fail "no tests labelled 'postgres' in $BUILD_DIR (is tests/c/pg wired into tests/c/CMakeLists.txt?)"

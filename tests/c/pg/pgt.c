@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -91,6 +92,7 @@ void pgt_finish(void)
         return;
     PGconn *c = PQconnectdb(base);
     if (PQstatus(c) == CONNECTION_OK) {
+        PQclear(PQexec(c, "SET client_min_messages = warning"));
         for (int i = 0; i < n_dbs; i++) {
             const char *vals[] = {dbs[i]};
             /* The name is ours (letters, digits, '_'); the identifier is
@@ -161,12 +163,22 @@ PGconn *pgt_conn(void)
 
 static PGresult *run(const char *file, int line, const char *const *sp)
 {
+    /* The server may have been restarted since (test_pg_restart). */
+    if (PQstatus(pgt_conn()) != CONNECTION_OK)
+        PQreset(pgt_conn());
     const char *sql = sp[0];
     int n = 0;
     while (sp[n + 1])
         n++;
     PGresult *r = PQexecParams(pgt_conn(), sql, n, NULL, sp + 1, NULL, NULL, 0);
     ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK && PQstatus(pgt_conn()) != CONNECTION_OK) {
+        /* The connection died with a server restart: once more on a new one. */
+        PQclear(r);
+        PQreset(pgt_conn());
+        r = PQexecParams(pgt_conn(), sql, n, NULL, sp + 1, NULL, NULL, 0);
+        st = PQresultStatus(r);
+    }
     if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
         print_error("%s:%d: SQL failed: %s\n  %s\n", file, line, PQresultErrorMessage(r), sql);
         PQclear(r);
@@ -251,3 +263,62 @@ int pgt_cli(char *out, size_t outn, char *errb, size_t errn, const char *const *
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+
+/* ---- stopping and starting the server --------------------------------------- */
+
+int pgt_server_control(void)
+{
+    const char *ctl = getenv("TASKER_TEST_PGCTL"), *data = getenv("TASKER_TEST_PGDATA");
+    return ctl && *ctl && data && *data;
+}
+
+/* Runs `pg_ctl -D DATA -w ARGS...` (as TASKER_TEST_PGUSER through runuser
+ * when set) and returns its exit status. */
+static int pg_ctl(const char *a1, const char *a2, const char *a3, const char *a4)
+{
+    const char *ctl = getenv("TASKER_TEST_PGCTL"), *data = getenv("TASKER_TEST_PGDATA");
+    const char *user = getenv("TASKER_TEST_PGUSER");
+    const char *argv[16];
+    int n = 0;
+    if (user && *user) {
+        argv[n++] = "runuser";
+        argv[n++] = "-u";
+        argv[n++] = user;
+        argv[n++] = "--";
+    }
+    argv[n++] = ctl;
+    argv[n++] = "-D";
+    argv[n++] = data;
+    argv[n++] = "-w";
+    argv[n++] = "-t";
+    argv[n++] = "60";
+    const char *more[] = {a1, a2, a3, a4};
+    for (int i = 0; i < 4 && more[i]; i++)
+        argv[n++] = more[i];
+    argv[n] = NULL;
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open("/dev/null", O_WRONLY);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execvp(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    int st;
+    if (pid < 0 || waitpid(pid, &st, 0) < 0)
+        return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+int pgt_server_stop(void)
+{
+    return pg_ctl("-m", "fast", "stop", NULL);
+}
+
+int pgt_server_start(void)
+{
+    const char *log = getenv("TASKER_TEST_PGLOG");
+    return log && *log ? pg_ctl("-l", log, "start", NULL) : pg_ctl("start", NULL, NULL, NULL);
+}

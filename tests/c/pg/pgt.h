@@ -59,4 +59,14 @@ int pgt_cli(char *out, size_t outn, char *err, size_t errn, const char *const *a
 /* `url` with dbname replaced (malloc'ed). */
 char *pgt_url_with_db(const char *url, const char *dbname);
 
+/* Stopping and starting the test server (scripts/test.d/40-postgres.sh
+ * exports TASKER_TEST_PGCTL, TASKER_TEST_PGDATA, TASKER_TEST_PGLOG and,
+ * when the server runs as another user, TASKER_TEST_PGUSER).
+ * pgt_server_control() is 0 when they are not set.  Stop is
+ * `pg_ctl -m fast stop`; both wait and return pg_ctl's exit status.  The
+ * connection of pgt_conn() reconnects by itself afterwards. */
+int pgt_server_control(void);
+int pgt_server_stop(void);
+int pgt_server_start(void);
+
 #endif
