@@ -6,7 +6,7 @@
 # Env: REPO (repo root), VALGRIND_BUILD_DIR.
 set -eu
 REPO=${REPO:-$(cd "$(dirname "$0")/../.." && pwd)}
-BUILD=${VALGRIND_BUILD_DIR:-${TMPDIR:-/tmp}/tasker-build-valgrind}
+BUILD=${VALGRIND_BUILD_DIR:-$REPO/build/valgrind}
 
 say() { echo "20-valgrind: $*"; }
 

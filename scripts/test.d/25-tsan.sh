@@ -6,7 +6,7 @@
 # Env: REPO (repo root), TSAN_BUILD_DIR.
 set -eu
 REPO=${REPO:-$(cd "$(dirname "$0")/../.." && pwd)}
-BUILD=${TSAN_BUILD_DIR:-${TMPDIR:-/tmp}/tasker-build-tsan}
+BUILD=${TSAN_BUILD_DIR:-$REPO/build/tsan}
 
 say() { echo "25-tsan: $*"; }
 

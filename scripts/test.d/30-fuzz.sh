@@ -7,7 +7,7 @@
 # Env: REPO (repo root), FUZZ_BUILD_DIR, FUZZ_SECONDS.
 set -eu
 REPO=${REPO:-$(cd "$(dirname "$0")/../.." && pwd)}
-BUILD=${FUZZ_BUILD_DIR:-${TMPDIR:-/tmp}/tasker-build-fuzz}
+BUILD=${FUZZ_BUILD_DIR:-$REPO/build/fuzz}
 SECONDS_TO_RUN=${FUZZ_SECONDS:-60}
 
 say() { echo "30-fuzz: $*"; }
