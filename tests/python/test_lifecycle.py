@@ -214,34 +214,11 @@ def test_import_from_any_directory(tmp_path):
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_close_from_inside_a_handler(kind):
     before = set(_step._objects)
-    global EXC, DBG
-    EXC = []
-    DBG = []
-    from tasker import _coordinator as C
-    orig_ok = C._Core.complete_ok
-    def logged(self, pairs):
-        DBG.append(("complete_ok enter", time.monotonic(), threading.current_thread().name))
-        try:
-            orig_ok(self, pairs)
-        finally:
-            DBG.append(("complete_ok exit", time.monotonic(), dict(_step._objects)))
-    C._Core.complete_ok = logged
-    orig_cl = C._Core._close_locked
-    def lcl(self):
-        DBG.append(("close_locked", time.monotonic(), threading.current_thread().name))
-        orig_cl(self)
-        DBG.append(("close_locked done", time.monotonic()))
-    C._Core._close_locked = lcl
-    orig_free = _step._objects.pop
-    import traceback
-    threading.excepthook = lambda a: EXC.append("".join(traceback.format_exception(a.exc_type, a.exc_value, a.exc_traceback)))
     app = tasker.Coordinator()
     if kind == "sync":
         @app.handler("closer")
         def closer(step):
-            DBG.append(("handler closing", time.monotonic()))
             app.close()
-            DBG.append(("handler closed", time.monotonic()))
             return "late"
     else:
         @app.handler("closer")
@@ -257,23 +234,8 @@ def test_close_from_inside_a_handler(kind):
     assert app.closed
     # The sync handler may still be returning on its worker thread; its
     # result is released by the library's ECLOSED path.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while _new_objects(before) and time.monotonic() < deadline:
         time.sleep(0.01)
-    if _new_objects(before):
-        import faulthandler, glob
-        with open("/tmp/cfp2/stuck.txt", "w") as f:
-            f.write(repr(DBG) + "\n")
-            for t in glob.glob("/proc/self/task/*"):
-                try:
-                    f.write("%s %s %s %s\n" % (t, open(t + "/comm").read().strip(), open(t + "/syscall").read().strip(), open(t + "/wchan").read()))
-                except OSError as e:
-                    f.write("%s %s\n" % (t, e))
-            f.flush()
-            faulthandler.dump_traceback(f, all_threads=True)
-    gc.collect()
-    if _new_objects(before):
-        import subprocess
-        out = subprocess.run(["/work/build-python/venv/bin/py-spy", "dump", "--native", "--pid", str(os.getpid())], capture_output=True, text=True)
-        open("/tmp/cfp2/dump2.txt", "w").write(out.stdout + out.stderr)
-    assert not _new_objects(before), (EXC, [t.name for t in threading.enumerate()], DBG, time.monotonic())
+        gc.collect()
+    assert not _new_objects(before)
