@@ -18,7 +18,7 @@ Lines (one JSON object each, DESIGN.md section 8):
   ratio lines                        tasker throughput / baseline throughput
 
 Usage: python3 bench/python_bench.py [--tasks N] [--repeats N] [--no-dask]
-Environment: TASKER_BENCH_REPEATS (default 5).
+Environment: TASKER_BENCH_REPEATS (default 9).
 """
 
 from __future__ import annotations
@@ -167,7 +167,9 @@ def run_dask_baseline(n_tasks: int) -> float:
 
 
 def measure(fn: Callable[[int], float], n_tasks: int, repeats: int) -> Dict[str, Any]:
-    fn(max(10, n_tasks // 10))  # warm-up: imports, allocator, code paths
+    # Warm-up at full size: imports, the allocator's arenas, the thread pool's
+    # first threads and the code paths all settle before anything is timed.
+    fn(n_tasks)
     times = [fn(n_tasks) for _ in range(repeats)]
     steps = n_tasks * STEPS_PER_TASK
     med = statistics.median(times)
@@ -191,7 +193,7 @@ def measure(fn: Callable[[int], float], n_tasks: int, repeats: int) -> Dict[str,
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tasks", type=int, default=1000)
-    ap.add_argument("--repeats", type=int, default=int(os.environ.get("TASKER_BENCH_REPEATS", "5")))
+    ap.add_argument("--repeats", type=int, default=int(os.environ.get("TASKER_BENCH_REPEATS", "9")))
     ap.add_argument("--no-dask", action="store_true", help="skip the Dask baseline")
     args = ap.parse_args()
     n, reps = args.tasks, max(1, args.repeats)
