@@ -3,7 +3,12 @@
 # its own (as a user would: `pip install ./bindings/python`, which compiles
 # the C library into the extension; no sanitizers) and runs tests/python with
 # pytest.  Installs what a fresh Debian machine lacks (a C compiler, Python
-# headers and venv, the library's -dev packages).
+# headers and venv, the library's -dev packages, PostgreSQL).
+#
+# The tests that need PostgreSQL (the workflow suites on the postgres store,
+# `python -m tasker worker`) run against a throwaway cluster started here
+# (scripts/lib/pgcluster.sh) and stopped on exit, whatever happens; pytest
+# finds it through TASKER_TEST_DATABASE_URL.
 #
 # Env: REPO (repo root; default: derived from this file), BUILD_DIR (the venv
 # goes to $BUILD_DIR/venv-python; without it, under ${TMPDIR:-/tmp}),
@@ -44,6 +49,11 @@ need_pkgs() {
 
 need_pkgs gcc pkg-config libjansson-dev uuid-dev libpq-dev libmicrohttpd-dev
 
+# shellcheck source=../lib/pgcluster.sh
+. "$REPO/scripts/lib/pgcluster.sh" || fail "cannot source scripts/lib/pgcluster.sh"
+trap pgcluster_stop EXIT
+trap 'exit 130' INT TERM
+
 # A Python that can make a venv and build extensions.  Debian's python3 needs
 # python3-venv and python3-dev for that; a python3 of its own (pyenv, a
 # container image) usually has both.
@@ -81,10 +91,12 @@ cd "${TMPDIR:-/tmp}" || fail "cd ${TMPDIR:-/tmp}"
     fail "import tasker"
 
 export PYTHONDONTWRITEBYTECODE=1
+pgcluster_start 50-python || fail "could not start a PostgreSQL for the tests"
 # shellcheck disable=SC2086
 if timeout 1800 "$PY" -m pytest "$REPO/tests/python" -q -p no:cacheprovider \
     -o "testpaths=$REPO/tests/python" ${PYTEST_ARGS:-}; then
-    say "OK: Python tests passed"
+    say "OK: Python tests passed (memory and postgres stores, workers)"
 else
+    pgcluster_log_tail 30
     fail "Python tests (see pytest output above)"
 fi

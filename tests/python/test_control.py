@@ -6,8 +6,10 @@ import threading
 import pytest
 
 import tasker
+from _pg import both_stores
 
 
+@both_stores
 def test_cancel_running_async_task(app):
     started = asyncio.Event
     record = {}
@@ -48,6 +50,7 @@ def test_cancel_running_async_task(app):
     assert states == {"slow": "cancelled", "after": "cancelled"}
 
 
+@both_stores
 def test_cancel_pending_sync_task(app):
     gate = threading.Event()
 
@@ -65,6 +68,7 @@ def test_cancel_pending_sync_task(app):
         h.get()
 
 
+@both_stores
 def test_idempotency_key_returns_same_task(app):
     runs = []
 
@@ -90,6 +94,7 @@ def test_idempotency_key_returns_same_task(app):
     assert len(runs) == 2
 
 
+@both_stores
 def test_idempotency_key_with_other_template_is_rejected(app):
     app.register_handler("x", lambda step: None)
     app.template("c/x@1", steps={"x": []})
@@ -100,6 +105,7 @@ def test_idempotency_key_with_other_template_is_rejected(app):
     assert ei.value.code == tasker._lib.TASKER_EEXIST
 
 
+@both_stores
 def test_manual_retry_and_resolve(app):
     fail = {"on": True}
 
@@ -129,6 +135,7 @@ def test_manual_retry_and_resolve(app):
     assert h2.results["next"] == "next saw fixed by hand"
 
 
+@both_stores
 def test_task_handle_lookup_and_info(app):
     app.register_handler("id", lambda step: step.context)
     app.template("c/id@1", steps={"id": []})
@@ -145,6 +152,7 @@ def test_task_handle_lookup_and_info(app):
         app.info("00000000-0000-0000-0000-000000000000")
 
 
+@both_stores
 def test_await_handle_directly(app):
     @app.handler("sq")
     async def sq(step):
@@ -160,6 +168,7 @@ def test_await_handle_directly(app):
     assert asyncio.run(main()) == [{"sq": x * x} for x in range(10)]
 
 
+@both_stores
 def test_run_timeout_raises_timeout(app):
     gate = threading.Event()
 
@@ -177,6 +186,7 @@ def test_run_timeout_raises_timeout(app):
         gate.set()
 
 
+@both_stores
 def test_blocking_wait_inside_loop_is_refused(app):
     app.register_handler("n", lambda step: None)
     app.template("c/n@1", steps={"n": []})
@@ -190,6 +200,7 @@ def test_blocking_wait_inside_loop_is_refused(app):
     asyncio.run(main())
 
 
+@both_stores
 def test_run_sync_from_threads_while_loop_serves(app):
     """Sync waits from other threads while an asyncio loop serves the coordinator."""
     @app.handler("t")

@@ -7,6 +7,10 @@ import time
 import pytest
 
 import tasker
+from _pg import both_stores
+
+# Every test here runs on the memory store and on PostgreSQL (issue 4).
+pytestmark = both_stores
 
 
 def test_retry_after_is_honoured(app):

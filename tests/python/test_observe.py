@@ -9,6 +9,7 @@ import urllib.request
 import pytest
 
 import tasker
+from _pg import both_stores
 
 
 def _diamond(app):
@@ -17,6 +18,7 @@ def _diamond(app):
     return app.template("obs/diamond@1", steps={"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]})
 
 
+@both_stores
 def test_subscribe_callback_sees_lifecycle(app):
     _diamond(app)
     seen = []
@@ -52,6 +54,7 @@ def test_subscribe_callback_sees_lifecycle(app):
     sub.close()  # idempotent
 
 
+@both_stores
 def test_event_filter_and_failures(app):
     @app.handler("bad")
     def bad(step):
@@ -73,6 +76,7 @@ def test_event_filter_and_failures(app):
         app.subscribe(print, ["no_such_event"])
 
 
+@both_stores
 def test_async_event_stream(app):
     _diamond(app)
 
@@ -101,6 +105,7 @@ def test_async_event_stream(app):
     assert asyncio.run(main()) == [("task_completed", True)]
 
 
+@both_stores
 def test_metrics_health_status(app):
     _diamond(app)
 
@@ -116,13 +121,14 @@ def test_metrics_health_status(app):
     assert "# TYPE" in text and "tasker_" in text
     health = app.health()
     assert health["status"] in ("ok", "degraded")
-    assert health["store"]["kind"] == "memory"
+    assert health["store"]["kind"] == app.store
     status = app.status()
     assert "tasks" in status and "dead_letters" in status
     dead = [d for d in status["dead_letters"] if d["step"] == "failing"]
     assert dead and dead[0]["message"] == "broken"
 
 
+@both_stores
 def test_circuit_force_open_holds_steps(app):
     @app.handler("guarded")
     async def guarded(step):
@@ -147,6 +153,7 @@ def test_circuit_force_open_holds_steps(app):
         app.force_circuit("handler:guarded", "sideways")
 
 
+@both_stores
 def test_http_endpoint(app):
     _diamond(app)
     app.run_sync("obs/diamond")

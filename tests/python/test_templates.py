@@ -5,6 +5,7 @@ import json
 import pytest
 
 import tasker
+from _pg import both_stores
 
 DOC = {
     "namespace": "tpl",
@@ -23,6 +24,7 @@ def _handlers(app):
     app.register_handler("load", lambda step: sum(step.results["extract"]))
 
 
+@both_stores
 def test_from_dict(app):
     _handlers(app)
     t = app.template(DOC)
@@ -35,6 +37,7 @@ def test_from_dict(app):
     assert steps[0]["max_attempts"] == 4 and steps[0]["handler"] == "ex"
 
 
+@both_stores
 def test_from_json_text(app):
     _handlers(app)
     t = app.template(json.dumps(DOC))
@@ -42,6 +45,7 @@ def test_from_json_text(app):
     assert app.run_sync(t)["load"] == 6
 
 
+@both_stores
 def test_from_json_file(app, tmp_path):
     _handlers(app)
     path = tmp_path / "etl.json"
@@ -50,6 +54,7 @@ def test_from_json_file(app, tmp_path):
     assert app.template(str(path)).id == "tpl/etl@2"
 
 
+@both_stores
 def test_from_yaml_file(app, tmp_path):
     pytest.importorskip("yaml")
     _handlers(app)
@@ -70,6 +75,7 @@ steps:
     assert app.run_sync(t) == {"extract": [1, 2, 3], "load": 6}
 
 
+@both_stores
 def test_yaml_errors_are_clear(app, tmp_path):
     pytest.importorskip("yaml")
     path = tmp_path / "broken.yml"
@@ -81,6 +87,7 @@ def test_yaml_errors_are_clear(app, tmp_path):
         app.template(tmp_path / "missing.yaml")
 
 
+@both_stores
 def test_steps_mapping_forms_and_defaults(app):
     for name in ("a", "b", "c", "d"):
         app.register_handler(name, lambda step: step.name)
@@ -100,6 +107,7 @@ def test_steps_mapping_forms_and_defaults(app):
     assert json.loads(t.to_json())["name"] == "forms"
 
 
+@both_stores
 def test_versions_are_distinct(app):
     app.register_handler("v", lambda step: step.template)
     app.template("tpl/ver@1", steps={"v": []})

@@ -969,7 +969,12 @@ class _Core:
         if not loop.is_running():
             loop.close()
 
-    def close(self, wait: bool = True) -> None:
+    def close(self, wait: bool = True, release: bool = False) -> None:
+        """Closes the coordinator.  With `release`, steps claimed but not
+        completed (queued for the pool, suspended on the loop) are not
+        failed: the library's close gives their leases back (postgres), so
+        another worker runs them without an error recorded against them.
+        `python -m tasker worker` uses it after a drain that timed out."""
         if self.closed:
             return
         drv = self.driver
@@ -985,7 +990,7 @@ class _Core:
 
             def close_there() -> None:
                 try:
-                    self.close(wait=False)
+                    self.close(wait=False, release=release)
                 finally:
                     done.set()
 
@@ -1001,16 +1006,19 @@ class _Core:
             return
         self.lock.acquire()
         try:
-            self._close_locked()
+            self._close_locked(release)
         finally:
             self.lock.release()
         self._shutdown_private()
         clear_graveyard()
 
-    def _close_locked(self) -> None:
+    def _close_locked(self, release: bool = False) -> None:
         if self.closed:
             return
         self.closed = True
+        # With `release`: C handles of steps to give back rather than fail;
+        # completed (ECLOSED, which frees them) once the library has closed.
+        held: List[Any] = []
         ptr = self.ptr
         drv = self.driver
         if drv is not None:
@@ -1024,14 +1032,20 @@ class _Core:
             c = step._c
             if c is not None:
                 step._c = None
-                lib.tpy_step_fail(c, cls, msg, 1, -1, ctx)
+                if release:
+                    held.append(c)
+                else:
+                    lib.tpy_step_fail(c, cls, msg, 1, -1, ctx)
         running = _get_running_loop()
         for rec in list(self.recs.values()):
             for task, step in list(rec.tasks.items()):
                 c = step._c
                 if c is not None:
                     step._c = None
-                    lib.tpy_step_fail(c, cls, msg, 1, -1, ctx)
+                    if release:
+                        held.append(c)
+                    else:
+                        lib.tpy_step_fail(c, cls, msg, 1, -1, ctx)
                 loop = task.get_loop()
                 if loop is running:
                     task.cancel()
@@ -1045,6 +1059,8 @@ class _Core:
             self.pool.stop()
         self.ptr = None
         lib.tasker_coordinator_close(ptr)
+        for c in held:
+            lib.tpy_step_fail(c, cls, msg, 1, -1, ctx)  # TASKER_ECLOSED: frees the handle
         # Wake everyone still waiting: their tasks will never finish here.
         for rec in list(self.recs.values()):
             if rec.state is None:
@@ -1122,6 +1138,14 @@ class Coordinator:
         if not isinstance(max_threads, int) or max_threads < 1:
             raise InvalidArgument("max_threads must be an int >= 1", category="argument")
         settings: List[Tuple[str, str]] = []
+        # What `python -m tasker worker` replays when it serves this
+        # coordinator's handlers and templates on its own database.
+        self._declaration: Dict[str, Any] = {
+            "config": dict(config or {}),
+            "config_file": config_file,
+            "env_prefix": env_prefix,
+            "templates": [],
+        }
         if database_url is not None:
             settings.append(("store", "postgres"))
             settings.append(("database.url", str(database_url)))
@@ -1297,6 +1321,8 @@ class Coordinator:
             core.unlock()
         if doc is None:  # pragma: no cover - the library accepted text Python could not parse
             raise InvalidArgument("template text is not JSON", category="template")
+        if text not in self._declaration["templates"]:
+            self._declaration["templates"].append(text)
         tmpl = template_from_doc(doc)
         n = len(tmpl.steps)
         core.step_counts[(tmpl.namespace, tmpl.name, tmpl.version)] = n
@@ -1890,7 +1916,19 @@ class TaskHandle:
     @property
     def results(self) -> Dict[str, Any]:
         """The results of the steps that have succeeded so far, by name."""
-        return dict(self._rec.outcomes)
+        out = dict(self._rec.outcomes)
+        if self._app.store != "memory":
+            # Steps other processes ran (postgres: other workers) are known
+            # only to the store; their results are its JSON.
+            try:
+                info = self.info()
+            except _errors.Error:
+                return out
+            for s in info.get("steps", []):
+                name = s.get("name")
+                if name not in out and s.get("state") in ("complete", "resolved_manually"):
+                    out[name] = s.get("result")
+        return out
 
     def _failure(self, state: str) -> TaskFailed:
         try:
