@@ -43,6 +43,7 @@ static const struct {
     [TK_PS_RESOLVE] = {"tk_resolve",
                        "SELECT * FROM tasker.resolve_step($1::uuid, $2::text, $3::text)"},
     [TK_PS_FORGET] = {"tk_forget", "SELECT * FROM tasker.forget_task($1::uuid)"},
+    [TK_PS_NOTIFY] = {"tk_notify", "SELECT tasker.notify_after($1::text[], $2::text[])"},
     /* Every namespace with its ready rows, the oldest one's age and the
      * rows waiting for a retry (health and metrics). */
     [TK_PS_PROBE] = {"tk_probe",
@@ -202,7 +203,10 @@ int tk_pg_connect_within(tk_pg *pg, tk_pgconn **out, const char *timeout_s)
     /* The store's functions run the same statements over and over with
      * array parameters whose sizes the planner cannot see: planning them
      * anew on every call (custom plans) costs more than it gains. */
-    PQclear(PQexec(conn, "SET plan_cache_mode = force_generic_plan"));
+    /* tasker.quiet: the store's functions leave notifications to the
+     * library, which sends them after the commit (tk_pg_notify; see
+     * sql/0006_notify.sql). */
+    PQclear(PQexec(conn, "SET plan_cache_mode = force_generic_plan; SET tasker.quiet = on"));
     tk_pgconn *c = tk_calloc(1, sizeof *c);
     if (!c) {
         PQfinish(conn);
@@ -301,6 +305,31 @@ PGresult *tk_pg_run(tk_pg *pg, tk_pgconn *c, tk_ps ps, int n, const char *const 
     tk_pg_error(pg, c, r, stmts[ps].name + 3);
     PQclear(r);
     return NULL;
+}
+
+void tk_pg_notify(tk_pg *pg, tk_pgconn *c, size_t n, const char *const *channels,
+                  const char *const *payloads)
+{
+    if (!n)
+        return;
+    tk_buf ch, pl;
+    tk_buf_init(&ch);
+    tk_buf_init(&pl);
+    tk_buf_add(&ch, "{", 1);
+    tk_buf_add(&pl, "{", 1);
+    for (size_t i = 0; i < n; i++) {
+        tk_buf_elem(&ch, channels[i], i == 0);
+        tk_buf_elem(&pl, payloads[i], i == 0);
+    }
+    tk_buf_add(&ch, "}", 1);
+    tk_buf_add(&pl, "}", 1);
+    if (!ch.oom && !pl.oom) {
+        /* A lost notification only delays: claimers and waiters also poll. */
+        const char *vals[] = {ch.p, pl.p};
+        PQclear(tk_pg_run(pg, c, TK_PS_NOTIFY, 2, vals, NULL));
+    }
+    tk_buf_free(&ch);
+    tk_buf_free(&pl);
 }
 
 int tk_pg_simple(tk_pg *pg, tk_pgconn *c, const char *sql)

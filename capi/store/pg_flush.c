@@ -315,6 +315,15 @@ static void arrays_free(arrays *a)
         tk_buf_free(&a->b[k]);
 }
 
+/* What a batch asks to be announced once it has committed
+ * (sql/0006_notify.sql): steps made ready, unless the batch's own claim
+ * took them all; the earliest delayed retry; the tasks it finished (taken
+ * from the claims, see flusher_main). */
+typedef struct notes {
+    int ready, claimed_all;
+    long long due_ms;
+} notes;
+
 /* Runs one recording statement, trying again while the failure is
  * transient (connection lost, deadlock): the function recognises entries
  * an earlier, interrupted attempt already recorded.  *hard: it failed for
@@ -365,7 +374,7 @@ static PGresult *flush_call(tk_pg *pg, tk_pgconn **cp, const char *const *vals, 
  * statement itself failed (*hard) or the database could not be reached. */
 static int flush_some(tk_pg *pg, tk_pgconn **cp, tk_pgclaim **cls, size_t n, int *status,
                       char **err, const char *handlers, size_t want, int lease_ms,
-                      tk_pgclaim **claims, size_t *n_claims, int *hard)
+                      tk_pgclaim **claims, size_t *n_claims, int *hard, notes *nt)
 {
     *hard = 0;
     arrays a;
@@ -403,6 +412,10 @@ static int flush_some(tk_pg *pg, tk_pgconn **cp, tk_pgclaim **cls, size_t n, int
         for (size_t i = 0; i < n; i++)
             status[i] = ST_STALE;
         for (int row = 0; row < PQntuples(r); row++) {
+            if (with_claim && !strcmp(PQgetvalue(r, row, 0), "2")) {
+                nt->claimed_all = 1;
+                continue;
+            }
             if (with_claim && strcmp(PQgetvalue(r, row, 0), "0") != 0)
                 continue;
             if (PQgetisnull(r, row, oc)) {
@@ -420,6 +433,18 @@ static int flush_some(tk_pg *pg, tk_pgconn **cp, tk_pgclaim **cls, size_t n, int
                 continue;
             }
             long ord = strtol(PQgetvalue(r, row, oc), NULL, 10);
+            if (ord == 0) {
+                /* What to announce: status 1 steps made ready, task_age_ms
+                 * the due time of a delayed retry. */
+                if (!PQgetisnull(r, row, oc + 1) && atoi(PQgetvalue(r, row, oc + 1)) == 1)
+                    nt->ready = 1;
+                if (!PQgetisnull(r, row, oc + 5)) {
+                    long long d = (long long)strtod(PQgetvalue(r, row, oc + 5), NULL);
+                    if (d > 0 && (!nt->due_ms || d < nt->due_ms))
+                        nt->due_ms = d;
+                }
+                continue;
+            }
             if (ord < 1 || (size_t)ord > n)
                 continue;
             if (!PQgetisnull(r, row, oc + 1))
@@ -452,7 +477,7 @@ static int flush_some(tk_pg *pg, tk_pgconn **cp, tk_pgclaim **cls, size_t n, int
  * tell which namespaces' queue operations work. */
 static void flush_batch(tk_pg *pg, tk_pgconn **cp, tk_pgclaim **cls, size_t n, int *status,
                         char **err, const char *handlers, size_t want, int lease_ms,
-                        tk_pgclaim **claims, size_t *n_claims, int *attrib)
+                        tk_pgclaim **claims, size_t *n_claims, int *attrib, notes *nt)
 {
     *claims = NULL;
     *n_claims = 0;
@@ -460,11 +485,11 @@ static void flush_batch(tk_pg *pg, tk_pgconn **cp, tk_pgclaim **cls, size_t n, i
     *attrib = 0;
     int hard = 0;
     if (flush_some(pg, cp, cls, n, status, err, handlers, want, lease_ms, claims, n_claims,
-                   &hard) == 0 || !hard)
+                   &hard, nt) == 0 || !hard)
         return;
     if (handlers && want > 0) {
-        if (flush_some(pg, cp, cls, n, status, err, NULL, 0, lease_ms, claims, n_claims, &hard) ==
-            0) {
+        if (flush_some(pg, cp, cls, n, status, err, NULL, 0, lease_ms, claims, n_claims, &hard,
+                       nt) == 0) {
             pthread_mutex_lock(&pg->mu);
             pg->isolate = 1;
             pthread_mutex_unlock(&pg->mu);
@@ -504,7 +529,7 @@ static void flush_batch(tk_pg *pg, tk_pgconn **cp, tk_pgclaim **cls, size_t n, i
         }
         tk_pgclaim *none = NULL;
         size_t n_none = 0;
-        flush_some(pg, cp, sub, k, sst, err, NULL, 0, lease_ms, &none, &n_none, &hard);
+        flush_some(pg, cp, sub, k, sst, err, NULL, 0, lease_ms, &none, &n_none, &hard, nt);
         for (size_t x = 0, j = i; x < k; j++)
             if (cls[j] == sub[x])
                 status[j] = sst[x++];
@@ -514,6 +539,46 @@ static void flush_batch(tk_pg *pg, tk_pgconn **cp, tk_pgclaim **cls, size_t n, i
     tk_free(seen);
 }
 
+/* Sends what a committed batch asks to announce (see notes), and wakes this
+ * process's own claimers and waiters at once.  `done` lists the uuids of
+ * the tasks the batch finished. */
+static void announce(tk_pg *pg, tk_pgconn *c, const notes *nt, char (*done)[TASKER_UUID_BUFSIZE],
+                     size_t n_done)
+{
+    int ready = nt->ready && !nt->claimed_all;
+    size_t n = n_done + (size_t)ready + (nt->due_ms > 0);
+    if (!n)
+        return;
+    const char **ch = tk_calloc(n, sizeof *ch), **pl = tk_calloc(n, sizeof *pl);
+    char due[24];
+    size_t k = 0;
+    if (ch && pl) {
+        if (ready) {
+            ch[k] = "tasker_ready";
+            pl[k++] = "";
+        }
+        if (nt->due_ms > 0) {
+            snprintf(due, sizeof due, "%lld", nt->due_ms);
+            ch[k] = "tasker_ready";
+            pl[k++] = due;
+        }
+        for (size_t i = 0; i < n_done; i++) {
+            ch[k] = "tasker_done";
+            pl[k++] = done[i];
+        }
+    }
+    pthread_mutex_lock(&pg->mu);
+    if (ready)
+        tk_pg_wake_ready_locked(pg);
+    for (size_t i = 0; i < n_done; i++)
+        tk_pg_wake_waiters_locked(pg, done[i]);
+    pthread_mutex_unlock(&pg->mu);
+    if (c && k)
+        tk_pg_notify(pg, c, k, ch, pl);
+    tk_free(ch);
+    tk_free(pl);
+}
+
 static void *flusher_main(void *arg)
 {
     tk_pg *pg = arg;
@@ -521,6 +586,7 @@ static void *flusher_main(void *arg)
     size_t cap = 0;
     tk_pgclaim **cls = NULL;
     int *status = NULL;
+    char(*done)[TASKER_UUID_BUFSIZE] = NULL;
     pthread_mutex_lock(&pg->mu);
     for (;;) {
         while (!pg->fq_head && !pg->flush_quit)
@@ -531,11 +597,14 @@ static void *flusher_main(void *arg)
         if (cap < max) {
             tk_pgclaim **nc = tk_realloc(cls, max * sizeof *nc);
             int *ns = nc ? tk_realloc(status, max * sizeof *ns) : NULL;
+            char(*nd)[TASKER_UUID_BUFSIZE] = ns ? tk_realloc(done, max * sizeof *nd) : NULL;
             if (nc)
                 cls = nc;
             if (ns)
                 status = ns;
-            if (nc && ns)
+            if (nd)
+                done = nd;
+            if (nc && ns && nd)
                 cap = max;
         }
         size_t n = 0;
@@ -576,8 +645,14 @@ static void *flusher_main(void *arg)
         tk_pgclaim *claims = NULL;
         size_t n_claims = 0;
         int attrib = 0;
+        notes nt = {0};
         flush_batch(pg, &c, cls, n, status, &err, handlers, handlers ? want : 0, lease_ms,
-                    &claims, &n_claims, &attrib);
+                    &claims, &n_claims, &attrib, &nt);
+        /* The finished tasks' uuids, while the claims are still pinned. */
+        size_t n_done = 0;
+        for (size_t i = 0; i < n; i++)
+            if (status[i] == ST_OK && cls[i]->task_finished)
+                snprintf(done[n_done++], TASKER_UUID_BUFSIZE, "%s", cls[i]->view.task_uuid);
         tk_free(handlers);
         /* Counters, events and circuits, while the claims are still pinned. */
         tk_pg_obs_flushed(pg, cls, status, n, attrib);
@@ -585,14 +660,14 @@ static void *flusher_main(void *arg)
             n_claims = tk_pg_admit(pg, c, &claims, n_claims);
 
         tk_pgclaim *gone = NULL;
-        size_t done = 0, fenced = 0;
+        size_t n_ok = 0, fenced = 0;
         pthread_mutex_lock(&pg->mu);
         for (size_t i = 0; i < n; i++) {
             tk_pgclaim *cl = cls[i];
             cl->status = status[i];
             if (status[i] < 0 && err)
                 cl->err = tk_strdup(err);
-            done += status[i] == ST_OK;
+            n_ok += status[i] == ST_OK;
             /* A refused time-limit record is no late completion. */
             fenced += status[i] == ST_STALE && !cl->timed_out;
             tk_pgclaim *g = finish_locked(pg, cl);
@@ -613,7 +688,8 @@ static void *flusher_main(void *arg)
         pthread_mutex_unlock(&pg->mu);
         if (give_back)
             tk_pg_give_back(pg, c, claims);
-        atomic_fetch_add(&pg->n_completed, done);
+        announce(pg, c, &nt, done, n_done);
+        atomic_fetch_add(&pg->n_completed, n_ok);
         atomic_fetch_add(&pg->n_fenced, fenced);
         tk_free(err);
         while (gone) {
@@ -626,6 +702,7 @@ static void *flusher_main(void *arg)
     pthread_mutex_unlock(&pg->mu);
     tk_free(cls);
     tk_free(status);
+    tk_free(done);
     tk_pg_disconnect(c);
     atomic_store(&pg->up_flusher, 0);
     return NULL;

@@ -29,7 +29,7 @@
 #include "store/postgres.h"
 
 /* The schema version this library needs (sql/NNNN_*.sql). */
-#define TK_PG_SCHEMA_VERSION 5
+#define TK_PG_SCHEMA_VERSION 6
 
 #define TK_PG_POOL_MAX 4
 #define TK_PG_RETAIN_MAX 4096 /* finished handles kept readable */
@@ -50,6 +50,7 @@ typedef enum tk_ps {
     TK_PS_RESOLVE,
     TK_PS_FORGET,
     TK_PS_PROBE,
+    TK_PS_NOTIFY,
     TK_PS_COUNT
 } tk_ps;
 
@@ -224,6 +225,11 @@ PGresult *tk_pg_run(tk_pg *pg, tk_pgconn *c, tk_ps ps, int n, const char *const 
 int tk_pg_async_commit(tk_pg *pg, tk_pgconn *c);
 /* Runs a statement without parameters (BEGIN, COMMIT, ...). */
 int tk_pg_simple(tk_pg *pg, tk_pgconn *c, const char *sql);
+/* Sends n notifications (channel, payload) in a transaction of their own
+ * whose commit does not wait for the disk (tasker.notify_after).  Best
+ * effort: a failure is counted, not reported. */
+void tk_pg_notify(tk_pg *pg, tk_pgconn *c, size_t n, const char *const *channels,
+                  const char *const *payloads);
 /* Sets a TASKER_EDATABASE error from a failed result or connection. */
 int tk_pg_error(tk_pg *pg, tk_pgconn *c, const PGresult *r, const char *what);
 /* Copies `msg` with every occurrence of the password replaced by "***". */
@@ -254,6 +260,8 @@ long tk_pg_parse_array(const char *text, char ***elems, size_t **lens, char **ou
 /* ---- pg_listen.c ---- */
 int tk_pg_listener_start(tk_pg *pg);
 void tk_pg_listener_stop(tk_pg *pg);
+/* Wakes the waiters of task `uuid` (NULL: every waiter) (lock held). */
+void tk_pg_wake_waiters_locked(tk_pg *pg, const char *uuid);
 /* Wakes everything that waits for ready steps (lock held). */
 void tk_pg_wake_ready_locked(tk_pg *pg);
 /* Arms the poll descriptor: now (ready) and/or a timer at `due_ms`. */

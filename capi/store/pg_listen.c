@@ -49,7 +49,7 @@ void tk_pg_wake_ready_locked(tk_pg *pg)
     tk_pg_poll_arm_locked(pg, 1, 0);
 }
 
-static void wake_waiters_locked(tk_pg *pg, const char *uuid)
+void tk_pg_wake_waiters_locked(tk_pg *pg, const char *uuid)
 {
     int any = 0;
     for (tk_pgwaiter *w = pg->waiters; w; w = w->next) {
@@ -93,7 +93,7 @@ static void *listener_main(void *arg)
                 pthread_mutex_lock(&pg->mu);
                 pg->reconnects++;
                 tk_pg_wake_ready_locked(pg);
-                wake_waiters_locked(pg, NULL);
+                tk_pg_wake_waiters_locked(pg, NULL);
                 pthread_mutex_unlock(&pg->mu);
             }
             backoff = 0;
@@ -149,7 +149,7 @@ static void *listener_main(void *arg)
                     ready = 1;
                 }
             } else if (!strcmp(nt->relname, "tasker_done") && nt->extra) {
-                wake_waiters_locked(pg, nt->extra);
+                tk_pg_wake_waiters_locked(pg, nt->extra);
             }
             PQfreemem(nt);
         }

@@ -440,8 +440,13 @@ int tk_pg_task_create(tk_pg *pg, const tasker_task_request *req, char *uuid_out)
         if (status == 0 || status == 1) {
             snprintf(uuid_out, TASKER_UUID_BUFSIZE, "%s", PQgetvalue(r, 0, 1));
             rc = TASKER_OK;
-            if (status == 0) /* a new task, not one found by its idempotency key */
+            if (status == 0) { /* a new task, not one found by its idempotency key */
+                /* Its root steps are ready: wake the claimers, after the
+                 * commit (sql/0006_notify.sql says why). */
+                static const char *const ch[] = {"tasker_ready"}, *const pl[] = {""};
+                tk_pg_notify(pg, c, 1, ch, pl);
                 tk_pg_obs_task(pg, TASKER_EVENT_TASK_CREATED, uuid_out, req->ns, req->name);
+            }
         } else if (status == 2) {
             rc = tk_err(TASKER_ENOTFOUND, TASKER_CATEGORY_TEMPLATE,
                         json_pack("{s:s, s:s, s:s?}", "namespace", req->ns, "name", req->name,

@@ -222,6 +222,41 @@ static void test_claim_held_at_close(void **state)
     th_ok(tasker_coordinator_close(b));
 }
 
+/* A step still in flight when stop's drain runs out (SIGTERM in a worker)
+ * is released: another worker claims it at once, not after the lease
+ * expires, and the first handler's late completion is refused. */
+static void test_stop_releases_after_the_drain(void **state)
+{
+    (void)state;
+    pgt_require();
+    tasker_coordinator *a = poll_worker(), *b = poll_worker();
+    char uuid[TASKER_UUID_BUFSIZE];
+    th_create(uuid, a, "lease", "one", NULL);
+    tasker_step *sa = th_claim_one(a);
+    uint32_t attempt = tasker_step_attempt(sa);
+    assert_int_equal(tasker_coordinator_stop(a, 200), TASKER_ETIMEOUT);
+    /* The lease (30 s by default) has not expired: B gets the step only
+     * because A gave it back. */
+    tasker_step *sb = NULL;
+    size_t n = 0;
+    double end = th_now_ms() + 3000;
+    while (!n && th_now_ms() < end) {
+        th_ok(tasker_coordinator_claim(&sb, &n, b, 1));
+        if (!n)
+            th_sleep_ms(20);
+    }
+    assert_int_equal(n, 1);
+    assert_true(tasker_step_attempt(sb) > attempt);
+    assert_int_equal(tasker_step_succeed(sa, NULL, 0), TASKER_ESTALE);
+    assert_int_equal(tasker_step_succeed(sb, NULL, 0), TASKER_OK);
+    assert_int_equal(th_wait_final(b, uuid), TASKER_TASK_COMPLETE);
+    json_t *t = th_task(b, uuid);
+    assert_int_equal(th_count_transitions(t, "only", "in_progress", "enqueued", "released", -1), 1);
+    json_decref(t);
+    th_ok(tasker_coordinator_close(a));
+    th_ok(tasker_coordinator_close(b));
+}
+
 static void test_stop_drains_and_restarts(void **state)
 {
     (void)state;
@@ -320,6 +355,7 @@ int main(void)
         cmocka_unit_test(test_heartbeat_keeps_a_long_step),
         cmocka_unit_test(test_poll_mode_descriptor),
         cmocka_unit_test(test_claim_held_at_close),
+        cmocka_unit_test(test_stop_releases_after_the_drain),
         cmocka_unit_test(test_stop_drains_and_restarts),
         cmocka_unit_test(test_connections_lost_mid_run),
     };
