@@ -455,6 +455,14 @@ static void *claimer_main(void *arg)
             pthread_cond_wait(&pg->claimer_cv, &pg->mu);
             continue;
         }
+        /* Completions are being recorded: that transaction claims for the
+         * worker threads too (pg_flush.c), so a claim of our own now would
+         * mostly find the rows it is about to take, at the cost of a round
+         * trip and a transaction.  The flusher wakes us when it goes idle. */
+        if ((pg->fq_head || pg->flush_busy) && atomic_load(&pg->plain) && !pg->isolate) {
+            pthread_cond_wait(&pg->claimer_cv, &pg->mu);
+            continue;
+        }
         tk_pg_handlers_refresh_locked(pg);
         int have = pg->worker_handlers && strcmp(pg->worker_handlers, "{}");
         size_t want = target - pg->n_lq;

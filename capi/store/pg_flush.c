@@ -623,6 +623,7 @@ static void *flusher_main(void *arg)
         size_t want = atomic_load(&pg->plain) && !pg->isolate ? tk_pg_backlog_want_locked(pg) : 0;
         char *handlers = want ? tk_strdup(pg->worker_handlers) : NULL;
         int lease_ms = pg->lease_ms;
+        pg->flush_busy = n > 0;
         if (n == 0) {
             tk_free(handlers);
             /* No memory for the batch array: fail the first entry. */
@@ -677,6 +678,9 @@ static void *flusher_main(void *arg)
             }
         }
         pthread_cond_broadcast(&pg->flushed_cv);
+        pg->flush_busy = 0;
+        if (!pg->fq_head) /* idle: claiming is the claimer's again */
+            pthread_cond_broadcast(&pg->claimer_cv);
         /* Claims fetched with the batch go to the worker threads, unless
          * they stopped while it was in flight: then they go back. */
         int give_back = n_claims && (!pg->claimer_on || pg->stopping);

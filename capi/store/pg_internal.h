@@ -152,6 +152,7 @@ struct tk_pg {
     /* wakeups [mu] */
     uint64_t ready_seq;  /* bumped by every 'tasker_ready' notification */
     int64_t next_due_ms; /* earliest announced due time (Unix ms), 0 none */
+    atomic_llong due_asked_mono; /* last tasker.next_due query (monotonic ns), 0 never */
 
     /* listener */
     pthread_t listener;
@@ -168,6 +169,7 @@ struct tk_pg {
     pthread_cond_t flushed_cv; /* results for waiting completers */
     pthread_t flusher;
     int flusher_on, flush_quit;
+    int flush_busy; /* a batch is being recorded (the claimer leaves claiming to it) */
 
     /* heartbeat [mu] */
     pthread_t heart;

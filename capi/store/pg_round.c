@@ -326,8 +326,16 @@ int tk_pg_claim_round(tk_pg *pg, tk_pgconn *c, int poll, size_t want, tk_pgclaim
             rc = TASKER_OK; /* some namespaces were served; the failures are counted */
     }
     size_t kept = tk_pg_admit(pg, c, &got, n_got);
-    if (rc == TASKER_OK && n_got < want && !tk_pg_conn_failed(c))
-        *db_due = tk_pg_next_due(pg, c, p.handlers);
+    /* Drained: when does something become claimable (a delayed retry, a
+     * lease expiring)?  Asked at most once per poll interval: delayed
+     * retries are also announced, and an idle claimer polls anyway. */
+    if (rc == TASKER_OK && n_got < want && !tk_pg_conn_failed(c)) {
+        int64_t now = tk_mono_ns(), last = (int64_t)atomic_load(&pg->due_asked_mono);
+        if (!last || now - last >= (int64_t)pg->poll_ms * 1000000) {
+            atomic_store(&pg->due_asked_mono, (long long)now);
+            *db_due = tk_pg_next_due(pg, c, p.handlers);
+        }
+    }
     *list = got;
     *n = kept;
     plan_free(&p);
