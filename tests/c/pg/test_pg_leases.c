@@ -257,6 +257,38 @@ static void test_stop_releases_after_the_drain(void **state)
     th_ok(tasker_coordinator_close(b));
 }
 
+/* Claims go by priority, then by the age of the task: a step made ready by
+ * a completion comes before the first step of a task created later, so
+ * work under way finishes first (and stays with the worker whose
+ * completion claims it). */
+static void test_claims_prefer_tasks_under_way(void **state)
+{
+    (void)state;
+    pgt_require();
+    tasker_coordinator *a = poll_worker();
+    th_register(a, "{\"namespace\":\"lease\",\"name\":\"two\",\"steps\":["
+                   "{\"name\":\"first\",\"handler\":\"polled\"},"
+                   "{\"name\":\"second\",\"handler\":\"polled\",\"depends_on\":[\"first\"]}]}");
+    char older[TASKER_UUID_BUFSIZE], newer[TASKER_UUID_BUFSIZE];
+    th_create(older, a, "lease", "two", NULL);
+    tasker_step *s1 = th_claim_one(a);
+    assert_string_equal(tasker_step_name(s1), "first");
+    th_sleep_ms(20);
+    th_create(newer, a, "lease", "one", NULL);
+    th_ok(tasker_step_succeed(s1, NULL, 0));
+    /* Both are ready now; "only" was ready first, "second" belongs to the
+     * older task. */
+    tasker_step *s2 = th_claim_one(a);
+    assert_string_equal(tasker_step_name(s2), "second");
+    tasker_step *s3 = th_claim_one(a);
+    assert_string_equal(tasker_step_name(s3), "only");
+    th_ok(tasker_step_succeed(s2, NULL, 0));
+    th_ok(tasker_step_succeed(s3, NULL, 0));
+    assert_int_equal(th_wait_final(a, older), TASKER_TASK_COMPLETE);
+    assert_int_equal(th_wait_final(a, newer), TASKER_TASK_COMPLETE);
+    th_ok(tasker_coordinator_close(a));
+}
+
 static void test_stop_drains_and_restarts(void **state)
 {
     (void)state;
@@ -356,6 +388,7 @@ int main(void)
         cmocka_unit_test(test_poll_mode_descriptor),
         cmocka_unit_test(test_claim_held_at_close),
         cmocka_unit_test(test_stop_releases_after_the_drain),
+        cmocka_unit_test(test_claims_prefer_tasks_under_way),
         cmocka_unit_test(test_stop_drains_and_restarts),
         cmocka_unit_test(test_connections_lost_mid_run),
     };
