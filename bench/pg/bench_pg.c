@@ -42,8 +42,9 @@
  *               "unbatched") and the ratios tasker / graphile-worker.
  *   suite       everything bench/run postgres reports, in one run: the
  *               diamond-10 throughput at 1, 2, 4 workers (asynchronous and
- *               waiting completions), the sustained peak (--concurrent),
- *               ready->start latency at half of each peak, readiness,
+ *               waiting completions), the sustained peak (--concurrent, at
+ *               1, 2, 4 workers), ready->start latency at half of each peak
+ *               with the worker count that reached it, readiness,
  *               linear-4 end to end, jobs.
  *
  * throughput --concurrent creates the tasks while the workers run, from
@@ -1305,22 +1306,36 @@ static void mode_suite(void)
         opt.workers = ws[i];
         mode_throughput();
     }
-    /* 3. Sustained peak: tasks created while the workers run. */
+    /* 3. Sustained peak: tasks created while the workers run, at 1, 2 and
+     *    4 worker processes (on a small machine the producers, the workers
+     *    and the server share the CPUs, so the best count can differ). */
     opt.async = 1;
     opt.threads = 16;
-    opt.workers = peak_w;
     opt.concurrent = 1;
-    double sustained = mode_throughput();
+    double sustained = 0;
+    int sustained_w = peak_w;
+    for (int i = 0; i < 3; i++) {
+        opt.workers = ws[i];
+        double v = mode_throughput();
+        if (v > sustained) {
+            sustained = v;
+            sustained_w = ws[i];
+        }
+    }
     opt.concurrent = 0;
-    /* 4. Ready -> start latency at half of each peak. */
+    /* 4. Ready -> start latency at half of each peak, with the worker count
+     *    that reached it. */
     opt.duration = 8;
+    opt.workers = peak_w;
     opt.peak = peak;
     opt.rate = peak / 2;
     opt.basis = "postgres.diamond10, tasks created beforehand (best worker count)";
     mode_latency();
+    opt.workers = sustained_w;
     opt.peak = sustained;
     opt.rate = sustained / 2;
-    opt.basis = "postgres.diamond10.concurrent_create (tasks created while running)";
+    opt.basis = "postgres.diamond10.concurrent_create (tasks created while running, best "
+                "worker count)";
     mode_latency();
     /* 5. Readiness: C counters vs the SQL function. */
     opt.repeats = R3;
