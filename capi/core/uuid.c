@@ -60,7 +60,7 @@ void tk_uuid_new_at(uint8_t out[16], char text[TASKER_UUID_BUFSIZE], int64_t uni
 
 /* Two hex digits per byte from a table, the dashes at fixed places: this
  * runs for every task, step and event, so it is kept branch-free. */
-static const char hex_pairs[513] =
+const char tk_hex_pairs[513] =
     "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
     "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
     "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
@@ -74,7 +74,7 @@ void tk_uuid_format(const uint8_t in[16], char text[TASKER_UUID_BUFSIZE])
 {
     static const uint8_t at[16] = {0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34};
     for (int i = 0; i < 16; i++)
-        memcpy(text + at[i], hex_pairs + 2 * in[i], 2);
+        memcpy(text + at[i], tk_hex_pairs + 2 * in[i], 2);
     text[8] = text[13] = text[18] = text[23] = '-';
     text[36] = '\0';
 }

@@ -11,6 +11,9 @@ void tk_uuid_new(uint8_t out[16], char text[TASKER_UUID_BUFSIZE]);
 /* The same with the current time already read (ns since the epoch). */
 void tk_uuid_new_at(uint8_t out[16], char text[TASKER_UUID_BUFSIZE], int64_t unix_ns);
 
+/* Two lowercase hex digits for each byte value (byte b at 2 * b). */
+extern const char tk_hex_pairs[513];
+
 /* Writes the 36-character text form and a NUL. */
 void tk_uuid_format(const uint8_t in[16], char text[TASKER_UUID_BUFSIZE]);
 

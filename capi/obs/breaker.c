@@ -110,7 +110,8 @@ void tk_breaker_result(tasker_coordinator *c, tk_breaker *b, int ok, int64_t mon
         b->window_count++;
     b->window[b->window_pos] = ok ? 0 : 1;
     b->window_failures += ok ? 0 : 1;
-    b->window_pos = (b->window_pos + 1) % b->window_len;
+    if (++b->window_pos == b->window_len) /* not %: a division on every step */
+        b->window_pos = 0;
     b->consecutive_failures = ok ? 0 : b->consecutive_failures + 1;
     if (b->mode != TASKER_CIRCUIT_AUTO)
         return;

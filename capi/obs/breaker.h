@@ -36,6 +36,23 @@ int tk_breaker_allow(struct tasker_coordinator *c, tk_breaker *b, int64_t mono_n
 /* Records the outcome of a call that was allowed (`mono_now` 0: read the
  * clock only if the circuit changes state). */
 void tk_breaker_result(struct tasker_coordinator *c, tk_breaker *b, int ok, int64_t mono_now);
+/* tk_breaker_result with the clock left unread, and inline for the common
+ * case: a success while the circuit is closed only moves the window. */
+static inline void tk_breaker_outcome(struct tasker_coordinator *c, tk_breaker *b, int ok)
+{
+    if (ok && b->state == TASKER_CIRCUIT_CLOSED && b->mode == TASKER_CIRCUIT_AUTO) {
+        if (b->window_count == b->window_len)
+            b->window_failures -= b->window[b->window_pos];
+        else
+            b->window_count++;
+        b->window[b->window_pos] = 0;
+        if (++b->window_pos == b->window_len)
+            b->window_pos = 0;
+        b->consecutive_failures = 0;
+        return;
+    }
+    tk_breaker_result(c, b, ok, 0);
+}
 /* A call that was allowed ended with no outcome (cancelled, released). */
 void tk_breaker_release(struct tasker_coordinator *c, tk_breaker *b);
 /* Earliest monotonic time at which an open breaker turns half-open; 0 if none. */

@@ -2,6 +2,9 @@
 
 #include <string.h>
 #include <time.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "core/alloc.h"
 #include "core/error.h"
@@ -12,71 +15,174 @@ static const char *const circuit_names[] = {"closed", "open", "half_open"};
 
 void tk_event_push(struct tasker_subscription *sub, const tk_evrec *ev)
 {
-    size_t tail = atomic_load_explicit(&sub->tail, memory_order_relaxed);
-    if (tail - sub->head_seen >= sub->cap) {
-        sub->head_seen = atomic_load_explicit(&sub->head, memory_order_acquire);
-        if (tail - sub->head_seen >= sub->cap) {
-            atomic_fetch_add_explicit(&sub->dropped, 1, memory_order_relaxed);
-            tk_free(ev->err_class);
-            tk_free(ev->err_msg);
+    size_t tail;
+    tk_evslot *r = tk_event_slot(sub, &tail);
+    if (!r) {
+        tk_free(ev->err_class);
+        tk_free(ev->err_msg);
+        return;
+    }
+    r->type = ev->type;
+    r->attempt = ev->attempt;
+    r->at = ev->at;
+    r->reg = ev->reg;
+    r->step = ev->step;
+    r->circuit_state = ev->circuit_state;
+    memcpy(r->task_uuid, ev->task_uuid, 16);
+    memcpy(r->step_uuid, ev->step_uuid, 16);
+    r->has_side = ev->err_class || ev->err_msg || !ev->reg;
+    if (r->has_side) {
+        tk_evside *e = &sub->side[tail & (sub->cap - 1)];
+        e->err_class = ev->err_class;
+        e->err_msg = ev->err_msg;
+        e->circuit = ev->circuit;
+        e->circuit_ns = ev->circuit_ns;
+    }
+    tk_event_commit(sub, tail);
+}
+
+/* Moves a resting delivery thread (state `sleeping`, not AWAKE) to AWAKE
+ * and signals it; nothing if its state changed meanwhile.  Moving the state
+ * first means one nap or sleep gets at most one signal. */
+static void wake(struct tasker_subscription *sub, int sleeping)
+{
+    if (!atomic_compare_exchange_strong_explicit(&sub->sleeping, &sleeping, TK_SUB_AWAKE,
+                                                 memory_order_relaxed, memory_order_relaxed))
+        return; /* it woke meanwhile */
+    atomic_fetch_add_explicit(&sub->wakeups, 1, memory_order_relaxed);
+    pthread_mutex_lock(&sub->m);
+    pthread_cond_signal(&sub->cv);
+    pthread_mutex_unlock(&sub->m);
+}
+
+/* The slow path of tk_event_commit: the delivery thread is not awake.  A
+ * sleeping thread is woken; a napping one wakes by itself within NAP_MS, so
+ * it is woken early only when the buffer is filling up.  head_seen may be
+ * far behind (it is refreshed only when the buffer looks full), so the fill
+ * is measured against a fresh head before deciding. */
+void tk_event_wake(struct tasker_subscription *sub, int sleeping, size_t tail)
+{
+    if (sleeping == TK_SUB_NAPPING) {
+        if (tail - sub->head_seen < sub->cap / 4)
             return;
-        }
+        sub->head_seen = atomic_load_explicit(&sub->head, memory_order_acquire);
+        if (tail - sub->head_seen < sub->cap / 4)
+            return;
     }
-    sub->ring[tail & (sub->cap - 1)] = *ev;
-    /* Release/relaxed rather than a full fence per event: a wake-up missed in
-     * the race with a thread going to sleep costs at most its SLEEP_MS. */
-    atomic_store_explicit(&sub->tail, tail + 1, memory_order_release);
-    int sl = atomic_load_explicit(&sub->sleeping, memory_order_relaxed);
-    /* A napping thread wakes by itself within NAP_MS; wake it early only when
-     * the buffer is filling up.  A sleeping one must be woken. */
-    if (sl == TK_SUB_ASLEEP ||
-        (sl == TK_SUB_NAPPING && tail + 1 - sub->head_seen >= sub->cap / 4)) {
-        pthread_mutex_lock(&sub->m);
-        pthread_cond_signal(&sub->cv);
-        pthread_mutex_unlock(&sub->m);
+    wake(sub, sleeping);
+}
+
+void tk_events_flush(tasker_coordinator *c)
+{
+    for (struct tasker_subscription *sub = c->subs; sub; sub = sub->next) {
+        int sl = atomic_load_explicit(&sub->sleeping, memory_order_relaxed);
+        if (sl == TK_SUB_AWAKE)
+            continue;
+        size_t tail = atomic_load_explicit(&sub->tail, memory_order_relaxed);
+        sub->head_seen = atomic_load_explicit(&sub->head, memory_order_acquire);
+        if (sub->head_seen != tail)
+            wake(sub, sl);
     }
 }
 
-/* Consecutive events often name the same task and step: their text forms
- * are kept from one event to the next (delivery thread only). */
+#if defined(__SSE2__)
+/* The 32 hex digits of a UUID at once: split each byte into its two nibbles,
+ * interleave them, and turn 0..15 into '0'..'9', 'a'..'f' sixteen at a time.
+ * This runs for two UUIDs of nearly every event, on the delivery thread. */
+void tk_event_uuid_text(const uint8_t b[16], char out[TASKER_UUID_BUFSIZE])
+{
+    const __m128i low4 = _mm_set1_epi8(0x0f), nine = _mm_set1_epi8(9);
+    const __m128i zero = _mm_set1_epi8('0'), gap = _mm_set1_epi8('a' - '0' - 10);
+    __m128i v = _mm_loadu_si128((const __m128i *)(const void *)b);
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), low4), lo = _mm_and_si128(v, low4);
+    __m128i d0 = _mm_unpacklo_epi8(hi, lo), d1 = _mm_unpackhi_epi8(hi, lo);
+    d0 = _mm_add_epi8(_mm_add_epi8(d0, zero), _mm_and_si128(_mm_cmpgt_epi8(d0, nine), gap));
+    d1 = _mm_add_epi8(_mm_add_epi8(d1, zero), _mm_and_si128(_mm_cmpgt_epi8(d1, nine), gap));
+    char hex[32];
+    _mm_storeu_si128((__m128i *)(void *)hex, d0);
+    _mm_storeu_si128((__m128i *)(void *)(hex + 16), d1);
+    memcpy(out, hex, 8);
+    out[8] = '-';
+    memcpy(out + 9, hex + 8, 4);
+    out[13] = '-';
+    memcpy(out + 14, hex + 12, 4);
+    out[18] = '-';
+    memcpy(out + 19, hex + 16, 4);
+    out[23] = '-';
+    memcpy(out + 24, hex + 20, 12);
+    out[36] = '\0';
+}
+#else
+void tk_event_uuid_text(const uint8_t b[16], char out[TASKER_UUID_BUFSIZE])
+{
+    tk_uuid_format(b, out);
+}
+#endif
+
+/* The delivery thread's text of the last task UUID it formatted: runs of
+ * events of one task (a step succeeds and its dependents are enqueued) need
+ * it only once. */
 typedef struct {
-    uint8_t bytes[16];
+    uint64_t k0, k1;
     char text[TASKER_UUID_BUFSIZE];
-    int valid;
-} uuid_cache;
+} last_task;
 
-static const char *uuid_text(uuid_cache *c, const uint8_t bytes[16])
-{
-    if (!c->valid || memcmp(c->bytes, bytes, 16) != 0) {
-        memcpy(c->bytes, bytes, 16);
-        tk_uuid_format(bytes, c->text);
-        c->valid = 1;
-    }
-    return c->text;
-}
+/* The bits of the first 8 bytes of a UUID, loaded as a native word, that
+ * hold bytes 6 and 7. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define SHARED_BUT_COUNTER 0x000000000000ffffull
+#else
+#define SHARED_BUT_COUNTER 0xffff000000000000ull
+#endif
 
-static void deliver(struct tasker_subscription *sub, const tk_evrec *r, uuid_cache *tc,
-                    uuid_cache *sc)
+static void deliver(struct tasker_subscription *sub, const tk_evslot *r, const tk_evside *e,
+                    last_task *lt)
 {
+    char step_text[TASKER_UUID_BUFSIZE];
     tasker_event ev = {.version = TASKER_EVENT_VERSION, .type = r->type, .at_unix_ns = r->at,
                        .task_uuid = "", .step_uuid = "", .ns = "",
                        .template_name = "", .step_name = "", .handler = "",
                        .attempt = r->attempt, .circuit = "", .circuit_state = "",
-                       .error_class = r->err_class ? r->err_class : "",
-                       .error_message = r->err_msg ? r->err_msg : ""};
+                       .error_class = "", .error_message = ""};
+    if (r->has_side) {
+        ev.error_class = e->err_class ? e->err_class : "";
+        ev.error_message = e->err_msg ? e->err_msg : "";
+    }
     if (r->reg) {
         const tasker_template *t = r->reg->tmpl;
-        ev.task_uuid = uuid_text(tc, r->task_uuid);
+        uint64_t k0, k1;
+        memcpy(&k0, r->task_uuid, 8);
+        memcpy(&k1, r->task_uuid + 8, 8);
+        if (k0 != lt->k0 || k1 != lt->k1 || !lt->text[0]) {
+            lt->k0 = k0;
+            lt->k1 = k1;
+            tk_event_uuid_text(r->task_uuid, lt->text);
+        }
+        ev.task_uuid = lt->text;
         ev.ns = t->ns;
         ev.template_name = t->name;
         if (r->step >= 0) {
-            ev.step_uuid = uuid_text(sc, r->step_uuid);
+            uint64_t s0, s1;
+            memcpy(&s0, r->step_uuid, 8);
+            memcpy(&s1, r->step_uuid + 8, 8);
+            /* A task's steps get their UUIDs in the same millisecond on the
+             * same thread as the task (core/uuid.c): all but bytes 6-7 (the
+             * counter) are then the task's, and so is the text but for the
+             * four digits of those two bytes. */
+            if (s1 == k1 && ((s0 ^ k0) & ~SHARED_BUT_COUNTER) == 0) {
+                memcpy(step_text, lt->text, TASKER_UUID_BUFSIZE);
+                memcpy(step_text + 14, tk_hex_pairs + 2 * r->step_uuid[6], 2);
+                memcpy(step_text + 16, tk_hex_pairs + 2 * r->step_uuid[7], 2);
+            } else {
+                tk_event_uuid_text(r->step_uuid, step_text);
+            }
+            ev.step_uuid = step_text;
             ev.step_name = t->steps[r->step].name;
             ev.handler = t->steps[r->step].handler;
         }
-    } else {
-        ev.circuit = r->circuit;
-        ev.ns = r->circuit_ns ? r->circuit_ns : "";
+    } else if (r->has_side) {
+        ev.circuit = e->circuit ? e->circuit : "";
+        ev.ns = e->circuit_ns ? e->circuit_ns : "";
         ev.circuit_state = circuit_names[r->circuit_state % 3];
     }
     sub->fn(&ev, sub->userdata);
@@ -90,18 +196,27 @@ static void *sub_main(void *arg)
 {
     struct tasker_subscription *sub = arg;
     int naps = 0;
-    uuid_cache tc = {.valid = 0}, sc = {.valid = 0};
+    uint64_t delivered = 0;
+    last_task lt = {.k0 = 0, .k1 = 0, .text = ""};
     for (;;) {
         size_t head = atomic_load_explicit(&sub->head, memory_order_relaxed);
         size_t tail = atomic_load_explicit(&sub->tail, memory_order_acquire);
         if (head != tail) {
             for (; head != tail; head++) {
-                tk_evrec rec = sub->ring[head & (sub->cap - 1)];
+                size_t i = head & (sub->cap - 1);
+                const tk_evslot *rec = &sub->ring[i];
+                /* Delivered from its slot, which is free once the callback
+                 * returned.  head's cache line is the consumer's own: the
+                 * producer reads it only when the buffer looks full, so this
+                 * store costs no traffic per event. */
+                deliver(sub, rec, &sub->side[i], &lt);
+                if (rec->has_side) {
+                    tk_free(sub->side[i].err_class);
+                    tk_free(sub->side[i].err_msg);
+                }
                 atomic_store_explicit(&sub->head, head + 1, memory_order_release);
-                deliver(sub, &rec, &tc, &sc);
-                tk_free(rec.err_class);
-                tk_free(rec.err_msg);
-                atomic_fetch_add_explicit(&sub->delivered, 1, memory_order_relaxed);
+                /* Only this thread writes it: a store, not a locked add. */
+                atomic_store_explicit(&sub->delivered, ++delivered, memory_order_relaxed);
             }
             naps = 0;
             continue;
@@ -109,30 +224,25 @@ static void *sub_main(void *arg)
         pthread_mutex_lock(&sub->m);
         int stop = sub->stop;
         if (!stop) {
-            if (naps < NAPS_BEFORE_SLEEP) {
-                atomic_store_explicit(&sub->sleeping, TK_SUB_NAPPING, memory_order_seq_cst);
+            int nap = naps < NAPS_BEFORE_SLEEP;
+            atomic_fetch_add_explicit(&sub->rests, 1, memory_order_relaxed);
+            atomic_store_explicit(&sub->sleeping, nap ? TK_SUB_NAPPING : TK_SUB_ASLEEP,
+                                  memory_order_seq_cst);
+            /* An event published before the state change was seen by a
+             * producer that did not know it had to wake us: look again. */
+            if (atomic_load_explicit(&sub->tail, memory_order_seq_cst) == head && !sub->stop) {
+                long ms = nap ? NAP_MS : SLEEP_MS;
                 struct timespec ts;
                 clock_gettime(CLOCK_REALTIME, &ts);
-                ts.tv_nsec += NAP_MS * 1000000L;
+                ts.tv_sec += ms / 1000;
+                ts.tv_nsec += (ms % 1000) * 1000000L;
                 if (ts.tv_nsec >= 1000000000L) {
                     ts.tv_sec++;
                     ts.tv_nsec -= 1000000000L;
                 }
                 pthread_cond_timedwait(&sub->cv, &sub->m, &ts);
-                naps++;
-            } else {
-                atomic_store_explicit(&sub->sleeping, TK_SUB_ASLEEP, memory_order_seq_cst);
-                if (atomic_load_explicit(&sub->tail, memory_order_seq_cst) == head && !sub->stop) {
-                    struct timespec ts;
-                    clock_gettime(CLOCK_REALTIME, &ts);
-                    ts.tv_sec += SLEEP_MS / 1000;
-                    ts.tv_nsec += (SLEEP_MS % 1000) * 1000000L;
-                    if (ts.tv_nsec >= 1000000000L) {
-                        ts.tv_sec++;
-                        ts.tv_nsec -= 1000000000L;
-                    }
-                    pthread_cond_timedwait(&sub->cv, &sub->m, &ts);
-                }
+                if (nap)
+                    naps++;
             }
             atomic_store_explicit(&sub->sleeping, TK_SUB_AWAKE, memory_order_relaxed);
         }
@@ -171,10 +281,16 @@ int tasker_subscribe(tasker_subscription **out, tasker_coordinator *c, uint32_t 
     while (cap < buffer_events)
         cap <<= 1;
     sub = tk_calloc(1, sizeof *sub);
-    if (!sub || !(sub->ring = tk_malloc(cap * sizeof *sub->ring))) {
+    /* The slots on cache-line boundaries (the allocator only promises
+     * malloc's alignment), so each event is written to one line.  side is
+     * only touched by failure and circuit events: its pages mostly stay
+     * unmapped. */
+    if (!sub || !(sub->ring_mem = tk_malloc(cap * sizeof *sub->ring + 63)) ||
+        !(sub->side = tk_malloc(cap * sizeof *sub->side))) {
         rc = tk_enomem();
         goto fail;
     }
+    sub->ring = (tk_evslot *)(((uintptr_t)sub->ring_mem + 63) & ~(uintptr_t)63);
     sub->coord = c;
     sub->mask = mask;
     sub->fn = fn;
@@ -198,8 +314,10 @@ int tasker_subscribe(tasker_subscription **out, tasker_coordinator *c, uint32_t 
     *out = sub;
     return TASKER_OK;
 fail:
-    if (sub)
-        tk_free(sub->ring);
+    if (sub) {
+        tk_free(sub->ring_mem);
+        tk_free(sub->side);
+    }
     tk_free(sub);
     if (free_userdata)
         free_userdata(userdata);
@@ -217,7 +335,8 @@ static void sub_stop_free(struct tasker_subscription *sub)
         sub->free_userdata(sub->userdata);
     pthread_mutex_destroy(&sub->m);
     pthread_cond_destroy(&sub->cv);
-    tk_free(sub->ring);
+    tk_free(sub->ring_mem);
+    tk_free(sub->side);
     tk_free(sub);
 }
 

@@ -18,22 +18,30 @@ static const double bounds[TK_HIST_BUCKETS] = {0.00001, 0.00005, 0.0001, 0.0005,
                                                0.005,   0.01,    0.05,   0.1,    0.5,
                                                1,       5,       30,     120};
 
-/* The same bounds in nanoseconds: adding a sample is integer compares only. */
-static const int64_t bounds_ns[TK_HIST_BUCKETS] = {
+/* The same bounds in nanoseconds: adding a sample is integer compares only
+ * (tk_hist_bucket_inline in metrics.h). */
+const int64_t tk_hist_bounds_ns[TK_HIST_BUCKETS] = {
     10000,     50000,      100000,     500000,      1000000,      5000000,      10000000,
     50000000,  100000000,  500000000,  1000000000,  5000000000LL, 30000000000LL,
     120000000000LL};
 
+/* For a sample of bit length L (1 + floor(log2 ns), 0 for 0): the first
+ * bucket whose bound is at least 2^(L-1).  No two bounds share a power-of-two
+ * interval, so at most one more compare finds the bucket; test_obs_internal
+ * checks this against the plain linear search. */
+const uint8_t tk_hist_first_bucket[65] = {
+    0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  1,  1,  2,  3,  3,  4,  5,
+    5,  5,  6,  7,  7,  8,  9,  9,  10, 11, 11, 11, 12, 12, 13, 13, 14, 14, 14, 14, 14, 14,
+    14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14};
+
+int tk_hist_bucket(int64_t ns)
+{
+    return tk_hist_bucket_inline(ns);
+}
+
 void tk_hist_add(tk_hist *h, int64_t ns)
 {
-    if (ns < 0)
-        ns = 0;
-    int i = 0;
-    while (i < TK_HIST_BUCKETS && ns > bounds_ns[i])
-        i++;
-    h->counts[i]++;
-    h->n++;
-    h->sum_ns += ns;
+    tk_hist_add_inline(h, ns);
 }
 
 tk_nsobj *tk_nsobj_get(tasker_coordinator *c, const char *name)
@@ -72,58 +80,50 @@ void tk_nsobj_free_all(tasker_coordinator *c)
     }
 }
 
-static void emit(tasker_coordinator *c, uint32_t type, const tk_task *t, const tk_step *s,
+/* The general event writer (obs/hot.h has the hooks that call it): also
+ * failure events, whose strings are copied per subscriber because each
+ * record owns its own. */
+void tk_obs_emit(tasker_coordinator *c, uint32_t type, const tk_task *t, const tk_step *s,
                  int64_t now)
 {
-    tk_evrec r;
-    r.type = type;
-    r.attempt = s ? s->attempts : 0;
-    r.at = now;
-    r.reg = t->reg;
-    r.step = s ? (int32_t)s->idx : -1;
-    memcpy(r.task_uuid, t->uuid_bytes, 16);
-    if (s)
-        memcpy(r.step_uuid, s->uuid_bytes, 16);
-    r.circuit = r.circuit_ns = NULL;
-    r.circuit_state = 0;
     const tk_failure_rec *f = NULL;
     if (s && (type & (TASKER_EVENT_STEP_FAILED | TASKER_EVENT_STEP_DEAD_LETTERED)))
         f = s->failures_tail;
     for (struct tasker_subscription *sub = c->subs; sub; sub = sub->next) {
         if (!(sub->mask & type))
             continue;
-        r.err_class = f ? tk_strdup(f->error_class) : NULL;
-        r.err_msg = f ? tk_strdup(f->message) : NULL;
-        tk_event_push(sub, &r);
+        size_t tail;
+        tk_evslot *r = tk_event_slot(sub, &tail);
+        if (!r)
+            continue; /* full: counted as dropped */
+        r->type = type;
+        r->attempt = s ? s->attempts : 0;
+        r->at = now;
+        r->reg = t->reg;
+        r->step = s ? (int32_t)s->idx : -1;
+        r->circuit_state = 0;
+        memcpy(r->task_uuid, t->uuid_bytes, 16);
+        if (s)
+            memcpy(r->step_uuid, s->uuid_bytes, 16);
+        r->has_side = f != NULL;
+        if (f) {
+            tk_evside *e = &sub->side[tail & (sub->cap - 1)];
+            e->err_class = tk_strdup(f->error_class);
+            e->err_msg = tk_strdup(f->message);
+            e->circuit = e->circuit_ns = NULL;
+        }
+        tk_event_commit(sub, tail);
     }
 }
 
-void tk_obs_step(tasker_coordinator *c, tk_step *s, uint8_t from, uint8_t to, int64_t now,
-                 int reason)
+/* The rarer step transitions (failures, cancellation): tk_obs_step's slow
+ * path. */
+void tk_obs_step_slow(tasker_coordinator *c, tk_step *s, uint8_t from, uint8_t to, int64_t now,
+                      int reason)
 {
-    if (!c->metrics_on && !c->event_mask)
-        return;
-    tk_task *t = s->task;
-    tk_handler_metrics *m = c->metrics_on ? &t->reg->handlers[s->idx]->metrics : NULL;
+    tk_handler_metrics *m = c->metrics_on ? &s->task->reg->handlers[s->idx]->metrics : NULL;
     uint32_t ev = 0, ev2 = 0;
     switch (to) {
-    case TASKER_STEP_ENQUEUED:
-        ev = TASKER_EVENT_STEP_ENQUEUED;
-        break;
-    case TASKER_STEP_IN_PROGRESS:
-        ev = TASKER_EVENT_STEP_STARTED;
-        if (m) {
-            m->started++;
-            tk_hist_add(&m->queue_wait, now - s->enqueued_at);
-        }
-        break;
-    case TASKER_STEP_COMPLETE:
-        ev = TASKER_EVENT_STEP_SUCCEEDED;
-        if (m) {
-            m->succeeded++;
-            tk_hist_add(&m->duration, now - s->started_at);
-        }
-        break;
     case TASKER_STEP_WAITING_FOR_RETRY:
     case TASKER_STEP_ERROR:
         if (from != TASKER_STEP_IN_PROGRESS)
@@ -149,15 +149,13 @@ void tk_obs_step(tasker_coordinator *c, tk_step *s, uint8_t from, uint8_t to, in
         break;
     }
     if (ev & c->event_mask)
-        emit(c, ev, t, s, now);
+        tk_obs_emit(c, ev, s->task, s, now);
     if (ev2 & c->event_mask)
-        emit(c, ev2, t, s, now);
+        tk_obs_emit(c, ev2, s->task, s, now);
 }
 
-void tk_obs_task(tasker_coordinator *c, tk_task *t, uint8_t to, int64_t now)
+void tk_obs_task_slow(tasker_coordinator *c, tk_task *t, uint8_t to, int64_t now)
 {
-    if (!c->metrics_on && !c->event_mask)
-        return;
     tk_nsobj *ns = c->metrics_on ? t->reg->nsobj : NULL;
     uint32_t ev = 0;
     switch (to) {
@@ -184,15 +182,7 @@ void tk_obs_task(tasker_coordinator *c, tk_task *t, uint8_t to, int64_t now)
         break;
     }
     if (ev & c->event_mask)
-        emit(c, ev, t, NULL, now);
-}
-
-void tk_obs_task_created(tasker_coordinator *c, tk_task *t, int64_t now)
-{
-    if (c->metrics_on)
-        t->reg->nsobj->created++;
-    if (c->event_mask & TASKER_EVENT_TASK_CREATED)
-        emit(c, TASKER_EVENT_TASK_CREATED, t, NULL, now);
+        tk_obs_emit(c, ev, t, NULL, now);
 }
 
 /* ---- Prometheus text --------------------------------------------------------- */

@@ -659,6 +659,11 @@ static void *worker_main(void *arg)
                 if (c->q[TK_Q_WORKER].len || c->stopping)
                     continue;
             }
+            /* Going to sleep: the events recorded so far should not wait
+             * for their delivery thread's nap to end (but a worker that
+             * finds work while spinning wakes no one). */
+            if (c->subs)
+                tk_events_flush(c);
             c->idle_workers++;
             int64_t due = tk_next_timer(c);
             if (due) {
@@ -874,6 +879,8 @@ int tasker_coordinator_claim(tasker_step **steps_out, size_t *n_out, tasker_coor
         if (*n_out == 0 && oom)
             rc = tk_enomem();
     }
+    if (*n_out == 0 && c->subs)
+        tk_events_flush(c); /* the caller goes back to waiting */
     tk_notify(c);
     pthread_mutex_unlock(&c->lock);
     return rc;

@@ -12,6 +12,7 @@
 #include "core/clock.h"
 #include "core/error.h"
 #include "core/uuid.h"
+#include "obs/hot.h"
 #include "run/engine.h"
 
 tk_task *tk_task_find(tasker_coordinator *c, const char *uuid_text)
@@ -52,13 +53,14 @@ static void step_set(tk_step *s, uint8_t to, int64_t now, tk_reason r)
     tk_record(s->task, now, (int32_t)s->idx, from, to, r, s->attempts);
     s->state = to;
     tasker_coordinator *c = s->task->coord;
-    tk_obs_step(c, s, from, to, now, (int)r);
+    if (tk_obs_on(c))
+        tk_obs_step(c, s, from, to, now, (int)r);
     if (from == TASKER_STEP_IN_PROGRESS) {
         tk_breaker *b = s->task->reg->handlers[s->idx]->breaker;
         if (to == TASKER_STEP_CANCELLED || to == TASKER_STEP_ENQUEUED)
             tk_breaker_release(c, b);
         else if (c->breakers_on || b->state != TASKER_CIRCUIT_CLOSED)
-            tk_breaker_result(c, b, to == TASKER_STEP_COMPLETE, 0);
+            tk_breaker_outcome(c, b, to == TASKER_STEP_COMPLETE);
     }
 }
 
@@ -66,7 +68,8 @@ static void task_set(tk_task *t, uint8_t to, int64_t now, tk_reason r)
 {
     tk_record(t, now, -1, t->state, to, r, 0);
     t->state = to;
-    tk_obs_task(t->coord, t, to, now);
+    if (tk_obs_on(t->coord))
+        tk_obs_task(t->coord, t, to, now);
 }
 
 /* ---- ready queues -------------------------------------------------------- */
@@ -918,7 +921,8 @@ int tk_task_create(tasker_coordinator *c, const tasker_task_request *req, char *
             rc = tk_enomem();
     }
     if (!rc && !other) {
-        tk_obs_task_created(c, t, now);
+        if (tk_obs_on(c))
+            tk_obs_task_created(c, t, now);
         for (uint32_t i = 0; i < tm->n_roots; i++)
             tk_step_enqueue(c, &t->steps[tm->roots[i]], now, TK_R_DEPENDENCIES_MET);
         memcpy(uuid_out, t->uuid, TASKER_UUID_BUFSIZE);
