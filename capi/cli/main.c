@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "core/strbuf.h"
 #include "migrate.h"
 #include "tasker.h"
 
@@ -50,27 +51,7 @@ static const char *const MIGRATE_USAGE =
 
 static char *scrub(const cli *c, const char *msg)
 {
-    size_t n = strlen(msg);
-    const char *pw = c ? c->password : NULL;
-    size_t pl = pw ? strlen(pw) : 0;
-    char *out = malloc(n * 3 + 1);
-    if (!out)
-        return NULL;
-    size_t o = 0;
-    for (size_t i = 0; i < n;) {
-        if (pl && n - i >= pl && memcmp(msg + i, pw, pl) == 0) {
-            memcpy(out + o, "***", 3);
-            o += 3;
-            i += pl;
-        } else {
-            out[o++] = msg[i] == '\n' ? ' ' : msg[i];
-            i++;
-        }
-    }
-    while (o && out[o - 1] == ' ')
-        o--;
-    out[o] = '\0';
-    return out;
+    return tk_scrub(msg, c ? c->password : NULL);
 }
 
 void cli_die(cli *c, int code, const char *fmt, ...)

@@ -2,6 +2,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "core/alloc.h"
 
@@ -43,4 +44,31 @@ void tk_sb_printf(tk_sb *b, const char *fmt, ...)
         b->buf = nb;
         b->cap = cap;
     }
+}
+
+char *tk_scrub(const char *msg, const char *secret)
+{
+    if (!msg)
+        msg = "";
+    size_t n = strlen(msg);
+    size_t sl = secret ? strlen(secret) : 0;
+    /* Worst case every byte of msg starts a secret: bounded by n * 3. */
+    char *out = tk_malloc(n * 3 + 1);
+    if (!out)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        if (sl && n - i >= sl && memcmp(msg + i, secret, sl) == 0) {
+            memcpy(out + o, "***", 3);
+            o += 3;
+            i += sl;
+        } else {
+            out[o++] = msg[i] == '\n' ? ' ' : msg[i];
+            i++;
+        }
+    }
+    while (o && out[o - 1] == ' ')
+        o--;
+    out[o] = '\0';
+    return out;
 }

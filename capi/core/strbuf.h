@@ -14,4 +14,10 @@ typedef struct tk_sb {
 void tk_sb_init(tk_sb *b, size_t cap);
 void tk_sb_printf(tk_sb *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* `msg` with every occurrence of `secret` (NULL or "": none) replaced by
+ * "***", newlines turned into spaces and trailing spaces dropped: one line
+ * fit for a log or an error message.  tk_malloc'ed; NULL when out of
+ * memory. */
+char *tk_scrub(const char *msg, const char *secret);
+
 #endif

@@ -8,6 +8,7 @@
 
 #include "core/alloc.h"
 #include "core/error.h"
+#include "core/strbuf.h"
 #include "store/pg_internal.h"
 
 /* Every statement calls one function of sql/000N_*.sql with text
@@ -56,33 +57,7 @@ static const struct {
 
 char *tk_pg_scrub(const tk_pg *pg, const char *msg)
 {
-    if (!msg)
-        msg = "";
-    size_t n = strlen(msg);
-    const char *pw = pg ? pg->password : NULL;
-    size_t pl = pw ? strlen(pw) : 0;
-    /* Worst case every byte of msg starts a password: bounded by n * 3. */
-    char *out = tk_malloc(n * 3 + 1);
-    if (!out)
-        return NULL;
-    size_t o = 0;
-    for (size_t i = 0; i < n;) {
-        if (pl && n - i >= pl && memcmp(msg + i, pw, pl) == 0) {
-            memcpy(out + o, "***", 3);
-            o += 3;
-            i += pl;
-        } else {
-            out[o++] = msg[i++];
-        }
-    }
-    /* libpq ends its messages with a newline; ours are one line. */
-    while (o && (out[o - 1] == '\n' || out[o - 1] == ' '))
-        o--;
-    out[o] = '\0';
-    for (size_t i = 0; i < o; i++)
-        if (out[i] == '\n')
-            out[i] = ' ';
-    return out;
+    return tk_scrub(msg, pg ? pg->password : NULL);
 }
 
 int tk_pg_describe(tk_pg *pg, const char *conninfo, char **why)
