@@ -295,8 +295,10 @@ TASKER_API int tasker_coordinator_start(tasker_coordinator *coord, unsigned n_th
  * the queue).  Steps whose completion was deferred may still be completed;
  * stop then waits up to `drain_ms` (negative: forever; 0: not at all) for
  * them.  If some are still in flight after a positive or negative drain, they
- * are released: put back in the queue without using up an attempt, and their
- * handlers' late completions are refused with TASKER_ESTALE; stop then
+ * are released: put back in the queue without using up an attempt (postgres
+ * store: the attempt number stays used, so the next claim fences the old
+ * handler out), and their handlers' late completions are refused with
+ * TASKER_ESTALE; stop then
  * returns TASKER_ETIMEOUT.  Work resumes with tasker_coordinator_start or
  * tasker_coordinator_claim.  Thread-safe; must not be called from a handler.
  */
