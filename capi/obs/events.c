@@ -119,13 +119,35 @@ void tk_event_uuid_text(const uint8_t b[16], char out[TASKER_UUID_BUFSIZE])
 }
 #endif
 
-/* The delivery thread's text of the last task UUID it formatted: runs of
- * events of one task (a step succeeds and its dependents are enqueued) need
- * it only once. */
+/* What the delivery thread keeps from one event to the next: the event it
+ * hands out (only the fields that change are written per event), and the
+ * text of the last task UUID it formatted, since runs of events of one task
+ * (a step succeeds and its dependents are enqueued) need it only once.  (A
+ * cache of several tasks' texts found little more: a worker's claims
+ * interleave the steps of hundreds of tasks.)  The step text starts as a
+ * copy of the task text, so a step whose UUID shares all but the counter
+ * with its task's needs only those four digits. */
 typedef struct {
     uint64_t k0, k1;
+    int step_base; /* step_text equals text but for digits 14-17 */
     char text[TASKER_UUID_BUFSIZE];
-} last_task;
+    char step_text[TASKER_UUID_BUFSIZE];
+} task_text;
+
+typedef struct {
+    tasker_event ev;
+    int rare_set; /* ev carries failure or circuit strings to clear */
+    task_text tt;
+} dstate;
+
+static void dstate_init(dstate *d)
+{
+    memset(d, 0, sizeof *d);
+    d->ev = (tasker_event){.version = TASKER_EVENT_VERSION, .task_uuid = "", .step_uuid = "",
+                           .ns = "", .template_name = "", .step_name = "", .handler = "",
+                           .circuit = "", .circuit_state = "", .error_class = "",
+                           .error_message = ""};
+}
 
 /* The bits of the first 8 bytes of a UUID, loaded as a native word, that
  * hold bytes 6 and 7. */
@@ -136,31 +158,36 @@ typedef struct {
 #endif
 
 static void deliver(struct tasker_subscription *sub, const tk_evslot *r, const tk_evside *e,
-                    last_task *lt)
+                    dstate *d)
 {
-    char step_text[TASKER_UUID_BUFSIZE];
-    tasker_event ev = {.version = TASKER_EVENT_VERSION, .type = r->type, .at_unix_ns = r->at,
-                       .task_uuid = "", .step_uuid = "", .ns = "",
-                       .template_name = "", .step_name = "", .handler = "",
-                       .attempt = r->attempt, .circuit = "", .circuit_state = "",
-                       .error_class = "", .error_message = ""};
+    tasker_event *ev = &d->ev;
+    ev->type = r->type;
+    ev->at_unix_ns = r->at;
+    ev->attempt = r->attempt;
+    if (d->rare_set) {
+        ev->circuit = ev->circuit_state = ev->error_class = ev->error_message = "";
+        d->rare_set = 0;
+    }
     if (r->has_side) {
-        ev.error_class = e->err_class ? e->err_class : "";
-        ev.error_message = e->err_msg ? e->err_msg : "";
+        ev->error_class = e->err_class ? e->err_class : "";
+        ev->error_message = e->err_msg ? e->err_msg : "";
+        d->rare_set = 1;
     }
     if (r->reg) {
         const tasker_template *t = r->reg->tmpl;
         uint64_t k0, k1;
         memcpy(&k0, r->task_uuid, 8);
         memcpy(&k1, r->task_uuid + 8, 8);
-        if (k0 != lt->k0 || k1 != lt->k1 || !lt->text[0]) {
-            lt->k0 = k0;
-            lt->k1 = k1;
-            tk_event_uuid_text(r->task_uuid, lt->text);
+        task_text *tt = &d->tt;
+        if (k0 != tt->k0 || k1 != tt->k1 || !tt->text[0]) {
+            tt->k0 = k0;
+            tt->k1 = k1;
+            tk_event_uuid_text(r->task_uuid, tt->text);
+            tt->step_base = 0;
         }
-        ev.task_uuid = lt->text;
-        ev.ns = t->ns;
-        ev.template_name = t->name;
+        ev->task_uuid = tt->text;
+        ev->ns = t->ns;
+        ev->template_name = t->name;
         if (r->step >= 0) {
             uint64_t s0, s1;
             memcpy(&s0, r->step_uuid, 8);
@@ -170,22 +197,34 @@ static void deliver(struct tasker_subscription *sub, const tk_evslot *r, const t
              * counter) are then the task's, and so is the text but for the
              * four digits of those two bytes. */
             if (s1 == k1 && ((s0 ^ k0) & ~SHARED_BUT_COUNTER) == 0) {
-                memcpy(step_text, lt->text, TASKER_UUID_BUFSIZE);
-                memcpy(step_text + 14, tk_hex_pairs + 2 * r->step_uuid[6], 2);
-                memcpy(step_text + 16, tk_hex_pairs + 2 * r->step_uuid[7], 2);
+                if (!tt->step_base) {
+                    memcpy(tt->step_text, tt->text, TASKER_UUID_BUFSIZE);
+                    tt->step_base = 1;
+                }
+                char digits[4];
+                memcpy(digits, tk_hex_pairs + 2 * r->step_uuid[6], 2);
+                memcpy(digits + 2, tk_hex_pairs + 2 * r->step_uuid[7], 2);
+                memcpy(tt->step_text + 14, digits, 4);
             } else {
-                tk_event_uuid_text(r->step_uuid, step_text);
+                tk_event_uuid_text(r->step_uuid, tt->step_text);
+                tt->step_base = 0;
             }
-            ev.step_uuid = step_text;
-            ev.step_name = t->steps[r->step].name;
-            ev.handler = t->steps[r->step].handler;
+            ev->step_uuid = tt->step_text;
+            ev->step_name = t->steps[r->step].name;
+            ev->handler = t->steps[r->step].handler;
+        } else {
+            ev->step_uuid = ev->step_name = ev->handler = "";
         }
-    } else if (r->has_side) {
-        ev.circuit = e->circuit ? e->circuit : "";
-        ev.ns = e->circuit_ns ? e->circuit_ns : "";
-        ev.circuit_state = circuit_names[r->circuit_state % 3];
+    } else {
+        ev->task_uuid = ev->step_uuid = ev->template_name = ev->step_name = ev->handler = "";
+        ev->ns = "";
+        if (r->has_side) {
+            ev->circuit = e->circuit ? e->circuit : "";
+            ev->ns = e->circuit_ns ? e->circuit_ns : "";
+            ev->circuit_state = circuit_names[r->circuit_state % 3];
+        }
     }
-    sub->fn(&ev, sub->userdata);
+    sub->fn(ev, sub->userdata);
 }
 
 #define NAP_MS 2
@@ -197,22 +236,28 @@ static void *sub_main(void *arg)
     struct tasker_subscription *sub = arg;
     int naps = 0;
     uint64_t delivered = 0;
-    last_task lt = {.k0 = 0, .k1 = 0, .text = ""};
+    dstate d;
+    dstate_init(&d);
     for (;;) {
         size_t head = atomic_load_explicit(&sub->head, memory_order_relaxed);
         size_t tail = atomic_load_explicit(&sub->tail, memory_order_acquire);
         if (head != tail) {
+            /* In locals: the callback is opaque, so fields read through sub
+             * would be loaded again after every call. */
+            const tk_evslot *ring = sub->ring;
+            tk_evside *side = sub->side;
+            size_t mask = sub->cap - 1;
             for (; head != tail; head++) {
-                size_t i = head & (sub->cap - 1);
-                const tk_evslot *rec = &sub->ring[i];
+                size_t i = head & mask;
+                const tk_evslot *rec = &ring[i];
                 /* Delivered from its slot, which is free once the callback
                  * returned.  head's cache line is the consumer's own: the
                  * producer reads it only when the buffer looks full, so this
                  * store costs no traffic per event. */
-                deliver(sub, rec, &sub->side[i], &lt);
+                deliver(sub, rec, &side[i], &d);
                 if (rec->has_side) {
-                    tk_free(sub->side[i].err_class);
-                    tk_free(sub->side[i].err_msg);
+                    tk_free(side[i].err_class);
+                    tk_free(side[i].err_msg);
                 }
                 atomic_store_explicit(&sub->head, head + 1, memory_order_release);
                 /* Only this thread writes it: a store, not a locked add. */

@@ -211,6 +211,40 @@ static void diamond_lifecycle(void **state)
     assert_true(idx(col, TASKER_EVENT_STEP_SUCCEEDED, "c", 0) < d_en);
 }
 
+/* Every field an event of this type does not use is "": the delivery thread
+ * reuses one tasker_event, so what a failure, circuit or step event set must
+ * not show in the next event. */
+static void assert_unused_fields_empty(const obs_ev *e)
+{
+    int circuit = e->type == TASKER_EVENT_CIRCUIT_CHANGED;
+    int task_ev = !circuit && (e->type & (TASKER_EVENT_TASK_CREATED | TASKER_EVENT_TASK_CANCELLED |
+                                          TASKER_EVENT_TASK_COMPLETED | TASKER_EVENT_TASK_FAILED));
+    int failure = e->type & (TASKER_EVENT_STEP_FAILED | TASKER_EVENT_STEP_DEAD_LETTERED);
+    assert_int_equal(e->version, TASKER_EVENT_VERSION);
+    if (!circuit) {
+        assert_string_equal(e->circuit, "");
+        assert_string_equal(e->cstate, "");
+        assert_true(e->task[0] != '\0');
+        assert_true(e->tmpl[0] != '\0');
+    } else {
+        assert_string_equal(e->task, "");
+        assert_string_equal(e->tmpl, "");
+    }
+    if (circuit || task_ev) {
+        assert_string_equal(e->step_uuid, "");
+        assert_string_equal(e->step, "");
+        assert_string_equal(e->handler, "");
+    } else {
+        assert_true(e->step_uuid[0] != '\0');
+        assert_true(e->step[0] != '\0');
+        assert_true(e->handler[0] != '\0');
+    }
+    if (!failure) {
+        assert_string_equal(e->eclass, "");
+        assert_string_equal(e->emsg, "");
+    }
+}
+
 static void retry_then_success_events(void **state)
 {
     fixture *x = *state;
@@ -256,9 +290,11 @@ static void retry_then_success_events(void **state)
     assert_int_equal(col->ev[start2].attempt, 2);
     assert_int_equal(col->ev[ok].attempt, 2);
     assert_string_equal(col->ev[ok].eclass, "");
-    for (size_t i = 0; i < col->n; i++)
+    for (size_t i = 0; i < col->n; i++) {
         if (col->ev[i].step[0] != '\0')
             assert_string_equal(col->ev[i].step_uuid, step_uuid);
+        assert_unused_fields_empty(&col->ev[i]);
+    }
     json_decref(task);
 }
 
@@ -271,6 +307,8 @@ static void run_permdep(tasker_coordinator *c, const char *ctx, obs_collector *c
     th_create(uuid, c, "ev", "permdep", ctx);
     assert_int_equal(th_wait_final(c, uuid), TASKER_TASK_ERROR);
     th_ok(tasker_unsubscribe(sub));
+    for (size_t i = 0; i < col->n; i++)
+        assert_unused_fields_empty(&col->ev[i]);
 }
 
 static void failure_dead_letters(void **state)
@@ -593,8 +631,7 @@ static void circuit_changed_events(void **state)
                    "\"handler\":\"cb\",\"retry\":{\"max_attempts\":3,\"backoff\":\"none\","
                    "\"base_ms\":0,\"max_ms\":0}}]}");
     obs_collector *col = &x->col[0];
-    tasker_subscription *sub =
-        obs_subscribe(c, TASKER_EVENT_CIRCUIT_CHANGED | TASKER_EVENT_STEP_STARTED, 0, col);
+    tasker_subscription *sub = obs_subscribe(c, TASKER_EVENT_ALL, 0, col);
     th_ok(tasker_coordinator_start(c, 2));
     char uuid[TASKER_UUID_BUFSIZE];
     /* Two failures open the circuit; the retry waits for half-open, succeeds
@@ -631,6 +668,10 @@ static void circuit_changed_events(void **state)
         assert_string_equal(e->ns, i < 3 ? "" : "evc");
         at = (size_t)pos[i] + 1;
     }
+    /* Circuit events among failure, step and task events: no field of one
+     * shows in another. */
+    for (size_t i = 0; i < col->n; i++)
+        assert_unused_fields_empty(&col->ev[i]);
     /* Attempt 3 started only once the circuit was half-open, and closed it. */
     long third = -1;
     for (size_t i = 0; i < col->n; i++)
