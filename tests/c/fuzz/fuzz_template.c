@@ -76,7 +76,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(tasker_template_from_json(&t3, text, size) == TASKER_OK,
               "what registered also parses");
         check(tasker_template_to_json(&j, t3) == TASKER_OK, "to_json");
-        check(tasker_template_register_json(c, j, 0) == TASKER_OK,
+        /* The printed form spells out every default, so it can be longer
+         * than the text that registered: under the small size limit it may
+         * be refused as too large (TASKER_ETEMPLATE), and for nothing else. */
+        int rc2 = tasker_template_register_json(c, j, 0);
+        check(rc2 == TASKER_OK || ((size & 1) && strlen(j) > 4096 && rc2 == TASKER_ETEMPLATE),
               "re-registering its own JSON is identical");
         check(tasker_template_register(c, t3) == TASKER_OK, "re-registering the parsed copy");
         tasker_free(j);
