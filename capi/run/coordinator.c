@@ -397,19 +397,53 @@ int tasker_task_request_init(tasker_task_request *req, unsigned version)
     return TASKER_OK;
 }
 
+/* What every store requires of a request, checked before it sees it. */
+static int check_request(const tasker_coordinator *c, const tasker_task_request *req)
+{
+    const char *why;
+    if (req->version != TASKER_TASK_REQUEST_VERSION)
+        return tk_einval("tasker_task_create: tasker_task_request.version is %u, expected %u",
+                         req->version, TASKER_TASK_REQUEST_VERSION);
+    if ((why = tk_name_problem(req->ns, 0)))
+        return tk_einval("tasker_task_create: namespace %s", why);
+    if ((why = tk_name_problem(req->name, 0)))
+        return tk_einval("tasker_task_create: template name %s", why);
+    if (req->template_version && (why = tk_name_problem(req->template_version, 0)))
+        return tk_einval("tasker_task_create: template version %s", why);
+    if (req->idempotency_key && (why = tk_name_problem(req->idempotency_key, 1)))
+        return tk_einval("tasker_task_create: idempotency key %s", why);
+    if (req->priority < -1000000 || req->priority > 1000000)
+        return tk_einval("tasker_task_create: priority %d is outside -1000000..1000000",
+                         (int)req->priority);
+    if (req->context_json) {
+        size_t clen = req->context_len ? req->context_len : strlen(req->context_json);
+        if ((int64_t)clen > c->cfg.num[TK_CFG_TASK_MAX_CONTEXT_BYTES])
+            return tk_einval("tasker_task_create: context is %zu bytes, more than "
+                             "task.max_context_bytes (%lld)",
+                             clen, (long long)c->cfg.num[TK_CFG_TASK_MAX_CONTEXT_BYTES]);
+        json_error_t jerr;
+        json_t *j = json_loadb(req->context_json, clen, 0, &jerr);
+        int is_obj = json_is_object(j);
+        json_decref(j);
+        if (!is_obj)
+            return tk_err(TASKER_EINVAL, TASKER_CATEGORY_ARGUMENT,
+                          json_pack("{s:s}", "message", j ? "not an object" : jerr.text),
+                          "tasker_task_create: context must be a JSON object (%s)",
+                          j ? "got another JSON value" : jerr.text);
+    }
+    return TASKER_OK;
+}
+
 int tasker_task_create(char uuid_out[TASKER_UUID_BUFSIZE], tasker_coordinator *c,
                        const tasker_task_request *req)
 {
     if (!uuid_out || !c || !req)
         return tk_einval("tasker_task_create: uuid_out, coordinator and request must not be NULL");
     uuid_out[0] = '\0';
-    if (c->pg) {
-        if (req->version != TASKER_TASK_REQUEST_VERSION)
-            return tk_einval("tasker_task_create: tasker_task_request.version is %u, expected %u",
-                             req->version, TASKER_TASK_REQUEST_VERSION);
-        return tk_pg_task_create(c->pg, req, uuid_out);
-    }
-    return tk_task_create(c, req, uuid_out);
+    int rc = check_request(c, req);
+    if (rc)
+        return rc;
+    return c->pg ? tk_pg_task_create(c->pg, req, uuid_out) : tk_task_create(c, req, uuid_out);
 }
 
 static int not_found(const char *uuid)

@@ -817,38 +817,10 @@ static int lookup_locked(tasker_coordinator *c, const tasker_task_request *req, 
 
 int tk_task_create(tasker_coordinator *c, const tasker_task_request *req, char *uuid_out)
 {
-    const char *why;
-    if (req->version != TASKER_TASK_REQUEST_VERSION)
-        return tk_einval("tasker_task_create: tasker_task_request.version is %u, expected %u",
-                         req->version, TASKER_TASK_REQUEST_VERSION);
-    if ((why = tk_name_problem(req->ns, 0)))
-        return tk_einval("tasker_task_create: namespace %s", why);
-    if ((why = tk_name_problem(req->name, 0)))
-        return tk_einval("tasker_task_create: template name %s", why);
-    if (req->template_version && (why = tk_name_problem(req->template_version, 0)))
-        return tk_einval("tasker_task_create: template version %s", why);
-    if (req->idempotency_key && (why = tk_name_problem(req->idempotency_key, 1)))
-        return tk_einval("tasker_task_create: idempotency key %s", why);
-    if (req->priority < -1000000 || req->priority > 1000000)
-        return tk_einval("tasker_task_create: priority %d is outside -1000000..1000000",
-                         (int)req->priority);
-    size_t clen = 0;
-    if (req->context_json) {
-        clen = req->context_len ? req->context_len : strlen(req->context_json);
-        if ((int64_t)clen > c->cfg.num[TK_CFG_TASK_MAX_CONTEXT_BYTES])
-            return tk_einval("tasker_task_create: context is %zu bytes, more than "
-                             "task.max_context_bytes (%lld)",
-                             clen, (long long)c->cfg.num[TK_CFG_TASK_MAX_CONTEXT_BYTES]);
-        json_error_t jerr;
-        json_t *j = json_loadb(req->context_json, clen, 0, &jerr);
-        int is_obj = json_is_object(j);
-        json_decref(j);
-        if (!is_obj)
-            return tk_err(TASKER_EINVAL, TASKER_CATEGORY_ARGUMENT,
-                          json_pack("{s:s}", "message", j ? "not an object" : jerr.text),
-                          "tasker_task_create: context must be a JSON object (%s)",
-                          j ? "got another JSON value" : jerr.text);
-    }
+    /* The request was checked by tasker_task_create. */
+    size_t clen = req->context_json ? (req->context_len ? req->context_len
+                                                        : strlen(req->context_json))
+                                    : 0;
 
     tk_reg *r = NULL;
     pthread_mutex_lock(&c->lock);
