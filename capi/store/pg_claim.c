@@ -291,6 +291,36 @@ void tk_pg_release(tk_pg *pg, tk_pgconn *c, tk_pgclaim **cls, size_t n, int unco
     tk_buf_free(&u);
 }
 
+void tk_pg_release_held(tk_pg *pg, int in_flight_only)
+{
+    pthread_mutex_lock(&pg->mu);
+    size_t n = 0;
+    for (tk_pgclaim *cl = pg->held; cl; cl = cl->next)
+        n += !in_flight_only || (cl->state == TK_CL_RUNNING && !cl->base.done && !cl->lost);
+    tk_pgclaim *keys = n ? tk_calloc(n, sizeof *keys) : NULL;
+    tk_pgclaim **rel = keys ? tk_calloc(n, sizeof *rel) : NULL;
+    size_t k = 0;
+    if (rel)
+        for (tk_pgclaim *cl = pg->held; cl && k < n; cl = cl->next) {
+            if (in_flight_only && !(cl->state == TK_CL_RUNNING && !cl->base.done && !cl->lost))
+                continue;
+            cl->lost = 1;
+            keys[k].task_id = cl->task_id;
+            keys[k].idx = cl->idx;
+            keys[k].base.attempt = cl->base.attempt;
+            rel[k] = &keys[k];
+            k++;
+        }
+    pthread_mutex_unlock(&pg->mu);
+    tk_pgconn *c = NULL;
+    if (k && tk_pg_pool_get(pg, &c) == TASKER_OK) {
+        tk_pg_release(pg, c, rel, k, 0);
+        tk_pg_pool_put(pg, c);
+    }
+    tk_free(rel);
+    tk_free(keys);
+}
+
 /* ---- handler lists -------------------------------------------------------- */
 
 void tk_pg_handlers_refresh_locked(tk_pg *pg)
@@ -638,48 +668,18 @@ int tk_pg_stop(tk_pg *pg, int drain_ms)
             break;
     }
     size_t left = pg->n_out;
-    /* Still in flight after the drain: released, so that another worker
-     * runs them now instead of after their lease expires.  Their handlers'
-     * late completions are refused here (lost) without a round trip.  The
-     * attempt stays counted: a handler still holds its number, and the
-     * next claim must fence it out. */
-    /* Copies of their keys: a late completion may free a claim as soon as
-     * the lock is let go. */
-    tk_pgclaim *keys = NULL, **rel = NULL;
-    size_t n_rel = 0;
-    if (left && drain_ms != 0) {
-        for (tk_pgclaim *cl = pg->held; cl; cl = cl->next)
-            n_rel += cl->state == TK_CL_RUNNING && !cl->base.done && !cl->lost;
-        keys = n_rel ? tk_calloc(n_rel, sizeof *keys) : NULL;
-        rel = keys ? tk_calloc(n_rel, sizeof *rel) : NULL;
-        size_t k = 0;
-        if (rel)
-            for (tk_pgclaim *cl = pg->held; cl && k < n_rel; cl = cl->next)
-                if (cl->state == TK_CL_RUNNING && !cl->base.done && !cl->lost) {
-                    cl->lost = 1;
-                    keys[k].task_id = cl->task_id;
-                    keys[k].idx = cl->idx;
-                    keys[k].base.attempt = cl->base.attempt;
-                    rel[k] = &keys[k];
-                    k++;
-                }
-        n_rel = k;
-    }
     pg->stopping = 0;
     pthread_mutex_unlock(&pg->mu);
-    if (n_rel) {
-        tk_pgconn *c = NULL;
-        if (tk_pg_pool_get(pg, &c) == TASKER_OK) {
-            tk_pg_release(pg, c, rel, n_rel, 0);
-            tk_pg_pool_put(pg, c);
-        }
-    }
-    tk_free(rel);
-    tk_free(keys);
-    if (left && drain_ms != 0)
+    /* Still in flight after the drain: released, so that another worker
+     * runs them now instead of after their lease expires.  The attempt
+     * stays counted: a handler still holds its number, and the next claim
+     * must fence it out. */
+    if (left && drain_ms != 0) {
+        tk_pg_release_held(pg, 1);
         rc = tk_err(TASKER_ETIMEOUT, TASKER_CATEGORY_STATE,
                     json_pack("{s:I}", "steps_in_flight", (json_int_t)left),
                     "%zu step(s) were still in flight after %d ms", left, drain_ms);
+    }
     return rc;
 }
 

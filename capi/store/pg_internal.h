@@ -292,6 +292,12 @@ size_t tk_pg_backlog_want_locked(const tk_pg *pg);
 void tk_pg_give_back(tk_pg *pg, tk_pgconn *c, tk_pgclaim *list);
 /* Gives claims back to the queue (lock not held). */
 void tk_pg_release(tk_pg *pg, tk_pgconn *c, tk_pgclaim **cls, size_t n, int uncount);
+/* Gives back, attempt counted, the leases of the steps this store holds:
+ * all of them, or with `in_flight_only` those a handler still runs.  They
+ * are marked lost, so a late completion is refused without a round trip.
+ * Their keys are copied under the lock (a late completion may free a claim
+ * as soon as it is let go). */
+void tk_pg_release_held(tk_pg *pg, int in_flight_only);
 /* Refreshes the cached handler lists from the coordinator (lock held). */
 void tk_pg_handlers_refresh_locked(tk_pg *pg);
 /* Drops a pin; when nothing pins the claim any more it is retired (kept

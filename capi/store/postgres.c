@@ -204,24 +204,7 @@ void tk_pg_close(tk_pg *pg)
      * leases back so another worker runs them now rather than after the
      * lease expires.  Their handles stay valid; completing one returns
      * TASKER_ECLOSED. */
-    pthread_mutex_lock(&pg->mu);
-    size_t n = 0;
-    for (tk_pgclaim *cl = pg->held; cl; cl = cl->next)
-        n++;
-    tk_pgclaim **cls = n ? tk_calloc(n, sizeof *cls) : NULL;
-    size_t k = 0;
-    if (cls)
-        for (tk_pgclaim *cl = pg->held; cl; cl = cl->next)
-            cls[k++] = cl;
-    pthread_mutex_unlock(&pg->mu);
-    if (k) {
-        tk_pgconn *c = NULL;
-        if (tk_pg_pool_get(pg, &c) == TASKER_OK) {
-            tk_pg_release(pg, c, cls, k, 0);
-            tk_pg_disconnect(c);
-        }
-    }
-    tk_free(cls);
+    tk_pg_release_held(pg, 0);
 
     tk_pg_listener_stop(pg);
     tk_pg_probe_close(pg);
