@@ -49,14 +49,11 @@ LANGUAGE sql STABLE AS $$
     SELECT coalesce(current_setting('tasker.defer', true), '') = 'on'
 $$;
 
--- pg_notify unless deferring; returns 1 (so that it can sit in a select
--- list).
+-- pg_notify with a result (1), so that it can sit in a select list.
 CREATE OR REPLACE FUNCTION tasker._notify(p_channel text, p_payload text) RETURNS int
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF NOT tasker._deferring() THEN
-        PERFORM pg_notify(p_channel, p_payload);
-    END IF;
+    PERFORM pg_notify(p_channel, p_payload);
     RETURN 1;
 END
 $$;
@@ -384,7 +381,7 @@ BEGIN
 END
 $$;
 
--- tasker._tasks_apply (0005), notifying through tasker._notify (deferring:
+-- tasker._tasks_apply (0005), notifying unless deferring (then
 -- the tasks it finishes are reported through tasker.finished).
 CREATE OR REPLACE FUNCTION tasker._tasks_apply(p_ids bigint[], p_done int[], p_active int[],
                                                p_error int[], p_worker int)
