@@ -64,9 +64,9 @@ static void set_state(tasker_coordinator *c, tk_breaker *b, uint8_t to, int64_t 
         b->window_pos = b->window_count = b->window_failures = 0;
     }
     if (c->event_mask & TASKER_EVENT_CIRCUIT_CHANGED) {
-        tk_evrec r = {.type = TASKER_EVENT_CIRCUIT_CHANGED, .at = tk_now_ns(), .reg = NULL,
-                      .step = -1, .circuit = b->name, .circuit_ns = b->ns, .circuit_state = to,
-                      .err_class = NULL, .err_msg = NULL};
+        tk_evrec r = {.slot = {.type = TASKER_EVENT_CIRCUIT_CHANGED, .at = tk_now_ns(),
+                               .reg = NULL, .step = -1, .circuit_state = to},
+                      .side = {.circuit = b->name, .circuit_ns = b->ns}};
         for (struct tasker_subscription *s = c->subs; s; s = s->next)
             if (s->mask & TASKER_EVENT_CIRCUIT_CHANGED)
                 tk_event_push(s, &r);

@@ -18,26 +18,14 @@ void tk_event_push(struct tasker_subscription *sub, const tk_evrec *ev)
     size_t tail;
     tk_evslot *r = tk_event_slot(sub, &tail);
     if (!r) {
-        tk_free(ev->err_class);
-        tk_free(ev->err_msg);
+        tk_free(ev->side.err_class);
+        tk_free(ev->side.err_msg);
         return;
     }
-    r->type = ev->type;
-    r->attempt = ev->attempt;
-    r->at = ev->at;
-    r->reg = ev->reg;
-    r->step = ev->step;
-    r->circuit_state = ev->circuit_state;
-    memcpy(r->task_uuid, ev->task_uuid, 16);
-    memcpy(r->step_uuid, ev->step_uuid, 16);
-    r->has_side = ev->err_class || ev->err_msg || !ev->reg;
-    if (r->has_side) {
-        tk_evside *e = &sub->side[tail & (sub->cap - 1)];
-        e->err_class = ev->err_class;
-        e->err_msg = ev->err_msg;
-        e->circuit = ev->circuit;
-        e->circuit_ns = ev->circuit_ns;
-    }
+    *r = ev->slot;
+    r->has_side = ev->side.err_class || ev->side.err_msg || !ev->slot.reg;
+    if (r->has_side)
+        sub->side[tail & (sub->cap - 1)] = ev->side;
     tk_event_commit(sub, tail);
 }
 

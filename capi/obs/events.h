@@ -12,22 +12,6 @@
 
 struct tk_reg;
 
-/* An event as a producer outside the hot path describes it (tk_event_push):
- * the postgres store, circuit changes. */
-typedef struct tk_evrec {
-    uint32_t type;
-    uint32_t attempt;
-    int64_t at;
-    const struct tk_reg *reg; /* NULL for circuit events */
-    int32_t step;             /* template index, -1 for task events */
-    uint8_t circuit_state;    /* circuit events */
-    uint8_t task_uuid[16];
-    uint8_t step_uuid[16];
-    const char *circuit;       /* circuit events: live as long as the coordinator */
-    const char *circuit_ns;
-    char *err_class, *err_msg; /* failure events: owned by the record */
-} tk_evrec;
-
 /* One buffered event: exactly one cache line, so writing an event touches
  * one line of the buffer.  Task and step events carry the UUIDs as bytes
  * (formatted on the delivery thread).  What the rare failure and circuit
@@ -53,6 +37,14 @@ typedef struct tk_evside {
     const char *circuit;       /* circuit events (live as long as the coordinator) */
     const char *circuit_ns;
 } tk_evside;
+
+/* An event as a producer outside the hot path describes it (tk_event_push):
+ * the postgres store, circuit changes.  slot.has_side is worked out by the
+ * push; side.err_class and side.err_msg are owned by the record. */
+typedef struct tk_evrec {
+    tk_evslot slot;
+    tk_evside side;
+} tk_evrec;
 
 struct tasker_subscription {
     struct tasker_coordinator *coord;

@@ -44,20 +44,20 @@ static void emit(tasker_coordinator *c, uint32_t type, const tk_reg *reg, int32_
         return;
     tk_evrec r;
     memset(&r, 0, sizeof r);
-    r.type = type;
-    r.attempt = attempt;
-    r.at = tk_now_ns();
-    r.reg = reg;
-    r.step = step;
-    if (tk_uuid_parse(r.task_uuid, task_uuid) < 0)
+    r.slot.type = type;
+    r.slot.attempt = attempt;
+    r.slot.at = tk_now_ns();
+    r.slot.reg = reg;
+    r.slot.step = step;
+    if (tk_uuid_parse(r.slot.task_uuid, task_uuid) < 0)
         return;
-    if (step >= 0 && (!step_uuid || tk_uuid_parse(r.step_uuid, step_uuid) < 0))
+    if (step >= 0 && (!step_uuid || tk_uuid_parse(r.slot.step_uuid, step_uuid) < 0))
         return;
     for (struct tasker_subscription *sub = c->subs; sub; sub = sub->next) {
         if (!(sub->mask & type))
             continue;
-        r.err_class = err_class ? tk_strdup(err_class) : NULL;
-        r.err_msg = err_msg ? tk_strdup(err_msg) : NULL;
+        r.side.err_class = err_class ? tk_strdup(err_class) : NULL;
+        r.side.err_msg = err_msg ? tk_strdup(err_msg) : NULL;
         tk_event_push(sub, &r);
     }
 }
