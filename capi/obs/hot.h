@@ -22,11 +22,28 @@ static inline int tk_obs_on(const tasker_coordinator *c)
     return c->metrics_on | (c->event_mask != 0);
 }
 
-/* A step event without failure strings. */
-static TK_HOT_INLINE void tk_obs_emit_step(tasker_coordinator *c, uint32_t type, const tk_step *s,
-                                           int64_t now)
+/* Fills a reserved slot with a task event (s NULL) or a step event, no
+ * side entry: the one place that knows how a task or step goes into a slot. */
+static TK_HOT_INLINE void tk_evslot_fill(tk_evslot *r, uint32_t type, const tk_task *t,
+                                         const tk_step *s, int64_t now)
 {
-    const tk_task *t = s->task;
+    r->type = type;
+    r->attempt = s ? s->attempts : 0;
+    r->at = now;
+    r->reg = t->reg;
+    r->step = s ? (int32_t)s->idx : -1;
+    r->circuit_state = 0;
+    r->has_side = 0;
+    memcpy(r->task_uuid, t->uuid_bytes, 16);
+    if (s)
+        memcpy(r->step_uuid, s->uuid_bytes, 16);
+}
+
+/* A task event (s NULL) or step event without failure strings, to every
+ * subscriber that wants it. */
+static TK_HOT_INLINE void tk_obs_emit_plain(tasker_coordinator *c, uint32_t type,
+                                            const tk_task *t, const tk_step *s, int64_t now)
+{
     for (struct tasker_subscription *sub = c->subs; sub; sub = sub->next) {
         if (!(sub->mask & type))
             continue;
@@ -34,37 +51,7 @@ static TK_HOT_INLINE void tk_obs_emit_step(tasker_coordinator *c, uint32_t type,
         tk_evslot *r = tk_event_slot(sub, &tail);
         if (!r)
             continue; /* full: counted as dropped */
-        /* circuit_state is only read for circuit events */
-        r->type = type;
-        r->attempt = s->attempts;
-        r->at = now;
-        r->reg = t->reg;
-        r->step = (int32_t)s->idx;
-        r->has_side = 0;
-        memcpy(r->task_uuid, t->uuid_bytes, 16);
-        memcpy(r->step_uuid, s->uuid_bytes, 16);
-        tk_event_commit(sub, tail);
-    }
-}
-
-/* A task event without failure strings. */
-static inline void tk_obs_emit_task(tasker_coordinator *c, uint32_t type, const tk_task *t,
-                                    int64_t now)
-{
-    for (struct tasker_subscription *sub = c->subs; sub; sub = sub->next) {
-        if (!(sub->mask & type))
-            continue;
-        size_t tail;
-        tk_evslot *r = tk_event_slot(sub, &tail);
-        if (!r)
-            continue;
-        r->type = type;
-        r->attempt = 0;
-        r->at = now;
-        r->reg = t->reg;
-        r->step = -1;
-        r->has_side = 0;
-        memcpy(r->task_uuid, t->uuid_bytes, 16);
+        tk_evslot_fill(r, type, t, s, now);
         tk_event_commit(sub, tail);
     }
 }
@@ -99,7 +86,7 @@ static inline void tk_obs_step(tasker_coordinator *c, tk_step *s, uint8_t from, 
         return;
     }
     if (ev & c->event_mask)
-        tk_obs_emit_step(c, ev, s, now);
+        tk_obs_emit_plain(c, ev, s->task, s, now);
 }
 
 /* A task reached state `to` (only call when tk_obs_on). */
@@ -112,7 +99,7 @@ static inline void tk_obs_task(tasker_coordinator *c, tk_task *t, uint8_t to, in
             tk_hist_add_inline(&ns->task_duration, now - t->created_at);
         }
         if (c->event_mask & TASKER_EVENT_TASK_COMPLETED)
-            tk_obs_emit_task(c, TASKER_EVENT_TASK_COMPLETED, t, now);
+            tk_obs_emit_plain(c, TASKER_EVENT_TASK_COMPLETED, t, NULL, now);
     } else {
         tk_obs_task_slow(c, t, to, now);
     }
@@ -123,7 +110,7 @@ static inline void tk_obs_task_created(tasker_coordinator *c, tk_task *t, int64_
     if (c->metrics_on)
         t->reg->nsobj->created++;
     if (c->event_mask & TASKER_EVENT_TASK_CREATED)
-        tk_obs_emit_task(c, TASKER_EVENT_TASK_CREATED, t, now);
+        tk_obs_emit_plain(c, TASKER_EVENT_TASK_CREATED, t, NULL, now);
 }
 
 #endif

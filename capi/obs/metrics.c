@@ -10,6 +10,7 @@
 #include "core/strbuf.h"
 #include "obs/breaker.h"
 #include "obs/events.h"
+#include "obs/hot.h"
 #include "run/engine.h"
 
 /* Upper bounds in seconds; chosen to separate microsecond steps from
@@ -96,15 +97,7 @@ void tk_obs_emit(tasker_coordinator *c, uint32_t type, const tk_task *t, const t
         tk_evslot *r = tk_event_slot(sub, &tail);
         if (!r)
             continue; /* full: counted as dropped */
-        r->type = type;
-        r->attempt = s ? s->attempts : 0;
-        r->at = now;
-        r->reg = t->reg;
-        r->step = s ? (int32_t)s->idx : -1;
-        r->circuit_state = 0;
-        memcpy(r->task_uuid, t->uuid_bytes, 16);
-        if (s)
-            memcpy(r->step_uuid, s->uuid_bytes, 16);
+        tk_evslot_fill(r, type, t, s, now);
         r->has_side = f != NULL;
         if (f) {
             tk_evside *e = &sub->side[tail & (sub->cap - 1)];
