@@ -404,6 +404,11 @@ class _Driver:
         self.loop = loop
         self.steps = ffi.new("tasker_step *[]", CLAIM_BATCH)
         self.text = ffi.new("char[]", CLAIM_BATCH * lib.TPY_CLAIM_TEXT_PER_STEP)
+        # Steps one claim call takes (at most CLAIM_BATCH, what the buffers
+        # hold) and one wake-up takes before yielding to other callbacks;
+        # `python -m tasker worker` lowers both to the room it has left.
+        self.claim_batch = CLAIM_BATCH
+        self.max_per_wake = MAX_PER_WAKE
         self.text_len = ffi.new("size_t *")
         self.rcp = ffi.new("int *")
         self.attached = False
@@ -456,6 +461,8 @@ class _Driver:
         unpack = ffi.unpack
         claim = lib.tpy_claim
         create_task = self.loop.create_task
+        batch = self.claim_batch
+        max_per_wake = self.max_per_wake
         total = 0
         loop = self.loop
         while True:
@@ -475,7 +482,7 @@ class _Driver:
                     core.reap()
                 finally:
                     core.unlock()
-            n = claim(steps, text, text_len, rcp, ptr, CLAIM_BATCH)
+            n = claim(steps, text, text_len, rcp, ptr, batch)
             if rcp[0] != _OK:
                 self.claim_failed(error_from_last(rcp[0]))
                 return
@@ -528,9 +535,9 @@ class _Driver:
             if core.missing_handler:
                 core.fail_missing()
             total += n
-            if n < CLAIM_BATCH:
+            if n < batch:
                 return
-            if total >= MAX_PER_WAKE:
+            if total >= max_per_wake:
                 # Let other callbacks run; carry on right after them.
                 loop.call_soon(self.on_readable)
                 return

@@ -460,12 +460,9 @@ class _Gate:
 
 
 class _WorkerDriver(_Driver):
-    """The binding's poll-mode driver, claiming no more than the gate allows.
-
-    The driver claims `CLAIM_BATCH` steps per call and up to `MAX_PER_WAKE`
-    per wake-up; both are read from the _coordinator module at call time, so
-    they are set to the room left for each call (and restored after it).
-    The loop thread is the only one that claims, so this is race-free.
+    """The binding's poll-mode driver, claiming no more than the gate allows:
+    each wake-up sets the driver's claim_batch and max_per_wake to the room
+    left.  The loop thread is the only one that claims, so this is race-free.
     """
 
     def __init__(self, core: Any, loop: asyncio.AbstractEventLoop, gate: _Gate) -> None:
@@ -473,7 +470,7 @@ class _WorkerDriver(_Driver):
         self.gate = gate
         self.stopped = False
         self.reading = True
-        self.cap = _co.CLAIM_BATCH  # the driver's buffers hold this many
+        self.cap = self.claim_batch  # the driver's buffers hold this many
         self.recheck: Optional[asyncio.TimerHandle] = None
 
     def _recheck(self) -> None:
@@ -500,13 +497,8 @@ class _WorkerDriver(_Driver):
             return
         if not self.reading:
             self._resume_reader()
-        n = min(room, self.cap)
-        saved = (_co.CLAIM_BATCH, _co.MAX_PER_WAKE)
-        _co.CLAIM_BATCH = _co.MAX_PER_WAKE = n
-        try:
-            _Driver.on_readable(self)
-        finally:
-            _co.CLAIM_BATCH, _co.MAX_PER_WAKE = saved
+        self.claim_batch = self.max_per_wake = min(room, self.cap)
+        _Driver.on_readable(self)
 
     def _pause(self) -> None:
         # Unconditional: the base class re-adds the reader on its own after
