@@ -1276,52 +1276,50 @@ static void mode_jobs(void)
 
 /* ---- the whole suite (bench/run postgres) -------------------------------------------------- */
 
+/* mode_throughput at 1, 2 and 4 worker processes; the best median and,
+ * in *best_w, the worker count that reached it. */
+static double throughput_by_workers(int *best_w)
+{
+    static const int ws[] = {1, 2, 4};
+    double best = 0;
+    for (int i = 0; i < 3; i++) {
+        opt.workers = ws[i];
+        double v = mode_throughput();
+        if (v > best) {
+            best = v;
+            *best_w = ws[i];
+        }
+    }
+    return best;
+}
+
 static void mode_suite(void)
 {
     int R = opt.repeats, R3 = opt.repeats < 3 ? opt.repeats : 3;
     /* 1. postgres.diamond10 at 1, 2, 4 worker processes, asynchronous
      *    completions (the fastest configuration), 16 threads each. */
-    double peak = 0;
     int peak_w = 1;
-    int ws[] = {1, 2, 4};
     opt.shape = "diamond10";
     opt.tasks = 1000;
     opt.threads = 16;
     opt.async = 1;
     opt.concurrent = 0;
-    for (int i = 0; i < 3; i++) {
-        opt.workers = ws[i];
-        double v = mode_throughput();
-        if (v > peak) {
-            peak = v;
-            peak_w = ws[i];
-        }
-    }
+    double peak = throughput_by_workers(&peak_w);
     /* 2. The same with the default (waiting) completions, 128 threads each
      *    (a flush holds as many completions as threads wait). */
     opt.async = 0;
     opt.threads = 128;
     opt.repeats = R3;
-    for (int i = 0; i < 3; i++) {
-        opt.workers = ws[i];
-        mode_throughput();
-    }
+    int unused_w;
+    throughput_by_workers(&unused_w);
     /* 3. Sustained peak: tasks created while the workers run, at 1, 2 and
      *    4 worker processes (on a small machine the producers, the workers
      *    and the server share the CPUs, so the best count can differ). */
     opt.async = 1;
     opt.threads = 16;
     opt.concurrent = 1;
-    double sustained = 0;
     int sustained_w = peak_w;
-    for (int i = 0; i < 3; i++) {
-        opt.workers = ws[i];
-        double v = mode_throughput();
-        if (v > sustained) {
-            sustained = v;
-            sustained_w = ws[i];
-        }
-    }
+    double sustained = throughput_by_workers(&sustained_w);
     opt.concurrent = 0;
     /* 4. Ready -> start latency at half of each peak, with the worker count
      *    that reached it. */
