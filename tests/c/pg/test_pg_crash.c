@@ -57,7 +57,7 @@ static void spawn(worker *w)
 
 static long long completed_steps(void)
 {
-    return pgt_num("SELECT count(*) FROM tasker.transitions WHERE reason = 9");
+    return pgt_num("SELECT count(*) FROM tasker.history WHERE reason = 9");
 }
 
 /* Waits until `n` steps are done and worker `w` holds claimed steps, then
@@ -141,15 +141,15 @@ static void test_crash(void **state)
     assert_int_equal(pgt_num("SELECT count(*) FROM tasker.steps WHERE state = 4 AND result IS NOT NULL"),
                      TASKS * STEPS);
     /* Recorded once: one 'succeeded' transition per step. */
-    assert_int_equal(pgt_num("SELECT count(*) FROM tasker.transitions WHERE reason = 9"),
+    assert_int_equal(pgt_num("SELECT count(*) FROM tasker.history WHERE reason = 9"),
                      TASKS * STEPS);
     assert_int_equal(pgt_num("SELECT count(*) FROM (SELECT task_id, step_idx FROM "
-                             "tasker.transitions WHERE reason = 9 GROUP BY 1, 2 "
+                             "tasker.history WHERE reason = 9 GROUP BY 1, 2 "
                              "HAVING count(*) <> 1) x"),
                      0);
     /* By the worker that held the claim of that attempt. */
-    assert_int_equal(pgt_num("SELECT count(*) FROM tasker.transitions s "
-                             "JOIN tasker.transitions c ON c.task_id = s.task_id "
+    assert_int_equal(pgt_num("SELECT count(*) FROM tasker.history s "
+                             "JOIN tasker.history c ON c.task_id = s.task_id "
                              " AND c.step_idx = s.step_idx AND c.attempt = s.attempt "
                              " AND c.reason = 8 "
                              "WHERE s.reason = 9 AND c.worker_id IS DISTINCT FROM s.worker_id"),
@@ -157,7 +157,7 @@ static void test_crash(void **state)
     /* No step has results from two workers: every claim of a step that did
      * not succeed ended in a lease expiry, never in a second success. */
     assert_int_equal(pgt_num("SELECT count(*) FROM (SELECT task_id, step_idx FROM "
-                             "tasker.transitions WHERE reason = 9 GROUP BY 1, 2 "
+                             "tasker.history WHERE reason = 9 GROUP BY 1, 2 "
                              "HAVING count(DISTINCT worker_id) > 1) x"),
                      0);
     /* The kills hit steps in flight, and those were taken over. */

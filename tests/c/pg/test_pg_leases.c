@@ -66,10 +66,10 @@ static void test_two_workers_race(void **state)
     char ida[16], idb[16];
     snprintf(ida, sizeof ida, "%d", sa.worker_id);
     snprintf(idb, sizeof idb, "%d", sb.worker_id);
-    long long by_a = pgt_num("SELECT count(*) FROM tasker.transitions t JOIN tasker.tasks k "
+    long long by_a = pgt_num("SELECT count(*) FROM tasker.history t JOIN tasker.tasks k "
                              "ON k.id = t.task_id JOIN tasker.templates p ON p.id = k.template_id "
                              "WHERE p.name = 'diamond' AND reason = 9 AND worker_id = $1::int", ida);
-    long long by_b = pgt_num("SELECT count(*) FROM tasker.transitions t JOIN tasker.tasks k "
+    long long by_b = pgt_num("SELECT count(*) FROM tasker.history t JOIN tasker.tasks k "
                              "ON k.id = t.task_id JOIN tasker.templates p ON p.id = k.template_id "
                              "WHERE p.name = 'diamond' AND reason = 9 AND worker_id = $1::int", idb);
     print_message("[   INFO   ] worker %d ran %lld steps, worker %d ran %lld\n", sa.worker_id, by_a,
@@ -77,7 +77,7 @@ static void test_two_workers_race(void **state)
     assert_int_equal(by_a + by_b, N * 4);
     assert_true(by_a > 0 && by_b > 0);
     /* Each step claimed once and recorded once. */
-    assert_int_equal(pgt_num("SELECT count(*) FROM (SELECT task_id, step_idx FROM tasker.transitions "
+    assert_int_equal(pgt_num("SELECT count(*) FROM (SELECT task_id, step_idx FROM tasker.history "
                              "WHERE reason IN (8, 9) GROUP BY 1, 2 HAVING count(*) <> 2) x"),
                      0);
     assert_int_equal(sa.fenced + sb.fenced, 0);

@@ -579,7 +579,7 @@ static void test_cli_operations(void **state)
     assert_non_null(strstr(out, "pruned"));
     assert_int_equal(pgt_cli(out, sizeof out, err, sizeof err, get), 1);
     assert_non_null(strstr(err, "no task"));
-    assert_int_equal(pgt_num("SELECT count(*) FROM tasker.transitions tr JOIN tasker.tasks t "
+    assert_int_equal(pgt_num("SELECT count(*) FROM tasker.history tr JOIN tasker.tasks t "
                              "ON t.id = tr.task_id WHERE t.uuid = $1::uuid", uuid),
                      0);
 }

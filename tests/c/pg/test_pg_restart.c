@@ -172,7 +172,7 @@ static void database_restart_mid_run(void **state)
      * the right result at the end of each chain. */
     assert_int_equal(pgt_num("SELECT count(*) FROM tasker.steps WHERE state = 4"), total);
     assert_int_equal(pgt_num("SELECT count(*) FROM (SELECT task_id, step_idx FROM "
-                             "tasker.transitions WHERE to_state = 4 GROUP BY 1, 2 "
+                             "tasker.history WHERE to_state = 4 GROUP BY 1, 2 "
                              "HAVING count(*) <> 1) x"),
                      0);
     assert_int_equal(pgt_num("SELECT count(*) FROM tasker.steps WHERE idx = 2 AND "
