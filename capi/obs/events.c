@@ -25,7 +25,7 @@ void tk_event_push(struct tasker_subscription *sub, const tk_evrec *ev)
     *r = ev->slot;
     r->has_side = ev->side.err_class || ev->side.err_msg || !ev->slot.reg;
     if (r->has_side)
-        sub->side[tail & (sub->cap - 1)] = ev->side;
+        sub->side[tail & sub->slot_mask] = ev->side;
     tk_event_commit(sub, tail);
 }
 
@@ -51,10 +51,10 @@ static void wake(struct tasker_subscription *sub, int sleeping)
 void tk_event_wake(struct tasker_subscription *sub, int sleeping, size_t tail)
 {
     if (sleeping == TK_SUB_NAPPING) {
-        if (tail - sub->head_seen < sub->cap / 4)
+        if (tail < sub->nap_end)
             return;
-        sub->head_seen = atomic_load_explicit(&sub->head, memory_order_acquire);
-        if (tail - sub->head_seen < sub->cap / 4)
+        tk_event_seen(sub, atomic_load_explicit(&sub->head, memory_order_acquire));
+        if (tail < sub->nap_end)
             return;
     }
     wake(sub, sleeping);
@@ -67,7 +67,7 @@ void tk_events_flush(tasker_coordinator *c)
         if (sl == TK_SUB_AWAKE)
             continue;
         size_t tail = atomic_load_explicit(&sub->tail, memory_order_relaxed);
-        sub->head_seen = atomic_load_explicit(&sub->head, memory_order_acquire);
+        tk_event_seen(sub, atomic_load_explicit(&sub->head, memory_order_acquire));
         if (sub->head_seen != tail)
             wake(sub, sl);
     }
@@ -108,24 +108,34 @@ void tk_event_uuid_text(const uint8_t b[16], char out[TASKER_UUID_BUFSIZE])
 #endif
 
 /* What the delivery thread keeps from one event to the next: the event it
- * hands out (only the fields that change are written per event), and the
- * text of the last task UUID it formatted, since runs of events of one task
- * (a step succeeds and its dependents are enqueued) need it only once.  (A
- * cache of several tasks' texts found little more: a worker's claims
- * interleave the steps of hundreds of tasks.)  The step text starts as a
- * copy of the task text, so a step whose UUID shares all but the counter
- * with its task's needs only those four digits. */
+ * hands out (only the fields that change are written per event), the
+ * registration whose names it holds, and the text of recent task UUIDs.
+ *
+ * Runs of events of one task (a step succeeds and its dependents are
+ * enqueued) find its text in `last`.  Beyond those, a worker's claims
+ * interleave the steps of hundreds of tasks, so the task of an event is
+ * often not the last one's but is nearly always one of the last few
+ * hundred: the texts are kept in a direct-mapped table indexed by the
+ * UUID's 12-bit counter (core/uuid.c), which differs between the tasks made
+ * in one millisecond.  Each entry also keeps a step text that equals the
+ * task's but for the four digits of the counter (digits 14-17), so the step
+ * of a task whose UUIDs share all else (core/uuid.c makes them so) needs
+ * only those rewritten. */
+#define TEXTS 1024
+
 typedef struct {
-    uint64_t k0, k1;
-    int step_base; /* step_text equals text but for digits 14-17 */
+    uint64_t k0, k1; /* the UUID's bytes, as two native words; k0 0: empty */
     char text[TASKER_UUID_BUFSIZE];
     char step_text[TASKER_UUID_BUFSIZE];
 } task_text;
 
 typedef struct {
     tasker_event ev;
-    int rare_set; /* ev carries failure or circuit strings to clear */
-    task_text tt;
+    int rare_set;             /* ev carries failure or circuit strings to clear */
+    const struct tk_reg *reg; /* whose names ev->ns and ev->template_name hold */
+    task_text *last;          /* the last event's task */
+    char other_step[TASKER_UUID_BUFSIZE]; /* a step text not derived from its task's */
+    task_text texts[TEXTS];
 } dstate;
 
 static void dstate_init(dstate *d)
@@ -135,87 +145,109 @@ static void dstate_init(dstate *d)
                            .ns = "", .template_name = "", .step_name = "", .handler = "",
                            .circuit = "", .circuit_state = "", .error_class = "",
                            .error_message = ""};
+    d->last = &d->texts[0];
 }
 
 /* The bits of the first 8 bytes of a UUID, loaded as a native word, that
- * hold bytes 6 and 7. */
+ * hold bytes 6 and 7 (the version nibble and the counter). */
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
 #define SHARED_BUT_COUNTER 0x000000000000ffffull
 #else
 #define SHARED_BUT_COUNTER 0xffff000000000000ull
 #endif
 
-static void deliver(struct tasker_subscription *sub, const tk_evslot *r, const tk_evside *e,
-                    dstate *d)
+/* The text of the task UUID `b` (k0, k1 its two words), from the table or
+ * made and kept there. */
+static task_text *task_text_of(dstate *d, const uint8_t *b, uint64_t k0, uint64_t k1)
+{
+    task_text *tt = &d->texts[((size_t)(b[6] & 0x0f) << 8 | b[7]) & (TEXTS - 1)];
+    if (tt->k0 != k0 || tt->k1 != k1 || !k0) {
+        tt->k0 = k0;
+        tt->k1 = k1;
+        tk_event_uuid_text(b, tt->text);
+        memcpy(tt->step_text, tt->text, TASKER_UUID_BUFSIZE);
+    }
+    d->last = tt;
+    return tt;
+}
+
+/* The rare parts of an event: strings of a failure to set, those of the
+ * last event to clear, and circuit events whole (the only ones without a
+ * registration; they always have a side entry).  Returns 1 when the event
+ * is complete (a circuit event). */
+static int deliver_rare(const tk_evslot *r, const tk_evside *e, dstate *d)
+{
+    tasker_event *ev = &d->ev;
+    if (d->rare_set) {
+        ev->circuit = ev->circuit_state = ev->error_class = ev->error_message = "";
+        d->rare_set = 0;
+    }
+    if (!r->has_side)
+        return 0;
+    d->rare_set = 1;
+    if (r->reg) {
+        ev->error_class = e->err_class ? e->err_class : "";
+        ev->error_message = e->err_msg ? e->err_msg : "";
+        return 0;
+    }
+    ev->task_uuid = ev->step_uuid = ev->template_name = ev->step_name = ev->handler = "";
+    d->reg = NULL; /* ns and template_name no longer hold a registration's */
+    ev->circuit = e->circuit ? e->circuit : "";
+    ev->ns = e->circuit_ns ? e->circuit_ns : "";
+    ev->circuit_state = circuit_names[r->circuit_state % 3];
+    return 1;
+}
+
+static inline void deliver(struct tasker_subscription *sub, const tk_evslot *r,
+                           const tk_evside *e, dstate *d)
 {
     tasker_event *ev = &d->ev;
     ev->type = r->type;
     ev->at_unix_ns = r->at;
     ev->attempt = r->attempt;
-    if (d->rare_set) {
-        ev->circuit = ev->circuit_state = ev->error_class = ev->error_message = "";
-        d->rare_set = 0;
+    if ((d->rare_set | r->has_side) && deliver_rare(r, e, d)) {
+        sub->fn(ev, sub->userdata);
+        return;
     }
-    if (r->has_side) {
-        ev->error_class = e->err_class ? e->err_class : "";
-        ev->error_message = e->err_msg ? e->err_msg : "";
-        d->rare_set = 1;
-    }
-    if (r->reg) {
-        const tasker_template *t = r->reg->tmpl;
-        uint64_t k0, k1;
-        memcpy(&k0, r->task_uuid, 8);
-        memcpy(&k1, r->task_uuid + 8, 8);
-        task_text *tt = &d->tt;
-        if (k0 != tt->k0 || k1 != tt->k1 || !tt->text[0]) {
-            tt->k0 = k0;
-            tt->k1 = k1;
-            tk_event_uuid_text(r->task_uuid, tt->text);
-            tt->step_base = 0;
-        }
-        ev->task_uuid = tt->text;
+    const tasker_template *t = r->reg->tmpl;
+    if (r->reg != d->reg) {
+        d->reg = r->reg;
         ev->ns = t->ns;
         ev->template_name = t->name;
-        if (r->step >= 0) {
-            uint64_t s0, s1;
-            memcpy(&s0, r->step_uuid, 8);
-            memcpy(&s1, r->step_uuid + 8, 8);
-            /* A task's steps get their UUIDs in the same millisecond on the
-             * same thread as the task (core/uuid.c): all but bytes 6-7 (the
-             * counter) are then the task's, and so is the text but for the
-             * four digits of those two bytes. */
-            if (s1 == k1 && ((s0 ^ k0) & ~SHARED_BUT_COUNTER) == 0) {
-                if (!tt->step_base) {
-                    memcpy(tt->step_text, tt->text, TASKER_UUID_BUFSIZE);
-                    tt->step_base = 1;
-                }
-                char digits[4];
-                memcpy(digits, tk_hex_pairs + 2 * r->step_uuid[6], 2);
-                memcpy(digits + 2, tk_hex_pairs + 2 * r->step_uuid[7], 2);
-                memcpy(tt->step_text + 14, digits, 4);
-            } else {
-                tk_event_uuid_text(r->step_uuid, tt->step_text);
-                tt->step_base = 0;
-            }
+    }
+    uint64_t k0, k1;
+    memcpy(&k0, r->task_uuid, 8);
+    memcpy(&k1, r->task_uuid + 8, 8);
+    task_text *tt = d->last;
+    if (tt->k0 != k0 || tt->k1 != k1)
+        tt = task_text_of(d, r->task_uuid, k0, k1);
+    ev->task_uuid = tt->text;
+    if (r->step >= 0) {
+        uint64_t s0, s1;
+        memcpy(&s0, r->step_uuid, 8);
+        memcpy(&s1, r->step_uuid + 8, 8);
+        /* A task's steps get their UUIDs in the same millisecond on the
+         * same thread as the task (core/uuid.c): all but bytes 6-7 (the
+         * counter) are then the task's, and so is the text but for the
+         * four digits of those two bytes. */
+        if (s1 == k1 && ((s0 ^ k0) & ~SHARED_BUT_COUNTER) == 0) {
+            memcpy(tt->step_text + 14, tk_hex_pairs + 2 * r->step_uuid[6], 2);
+            memcpy(tt->step_text + 16, tk_hex_pairs + 2 * r->step_uuid[7], 2);
             ev->step_uuid = tt->step_text;
-            ev->step_name = t->steps[r->step].name;
-            ev->handler = t->steps[r->step].handler;
         } else {
-            ev->step_uuid = ev->step_name = ev->handler = "";
+            tk_event_uuid_text(r->step_uuid, d->other_step);
+            ev->step_uuid = d->other_step;
         }
+        ev->step_name = t->steps[r->step].name;
+        ev->handler = t->steps[r->step].handler;
     } else {
-        ev->task_uuid = ev->step_uuid = ev->template_name = ev->step_name = ev->handler = "";
-        ev->ns = "";
-        if (r->has_side) {
-            ev->circuit = e->circuit ? e->circuit : "";
-            ev->ns = e->circuit_ns ? e->circuit_ns : "";
-            ev->circuit_state = circuit_names[r->circuit_state % 3];
-        }
+        ev->step_uuid = ev->step_name = ev->handler = "";
     }
     sub->fn(ev, sub->userdata);
 }
 
 #define NAP_MS 2
+#define PUBLISH 16
 #define NAPS_BEFORE_SLEEP 50
 #define SLEEP_MS 200
 
@@ -224,8 +256,8 @@ static void *sub_main(void *arg)
     struct tasker_subscription *sub = arg;
     int naps = 0;
     uint64_t delivered = 0;
-    dstate d;
-    dstate_init(&d);
+    dstate *d = sub->dstate;
+    dstate_init(d);
     for (;;) {
         size_t head = atomic_load_explicit(&sub->head, memory_order_relaxed);
         size_t tail = atomic_load_explicit(&sub->tail, memory_order_acquire);
@@ -233,24 +265,33 @@ static void *sub_main(void *arg)
             /* In locals: the callback is opaque, so fields read through sub
              * would be loaded again after every call. */
             const tk_evslot *ring = sub->ring;
+            const size_t first = head;
             tk_evside *side = sub->side;
             size_t mask = sub->cap - 1;
-            for (; head != tail; head++) {
+            /* head and delivered are published every PUBLISH events and
+             * after the last one of a run (every event in a buffer too small
+             * for that to leave the producer room). */
+            size_t publish = sub->cap >= 8 * PUBLISH ? PUBLISH - 1 : 0;
+            for (; head != tail;) {
                 size_t i = head & mask;
                 const tk_evslot *rec = &ring[i];
                 /* Delivered from its slot, which is free once the callback
                  * returned.  head's cache line is the consumer's own: the
-                 * producer reads it only when the buffer looks full, so this
-                 * store costs no traffic per event. */
-                deliver(sub, rec, &side[i], &d);
+                 * producer reads it only when the buffer looks full. */
+                deliver(sub, rec, &side[i], d);
                 if (rec->has_side) {
                     tk_free(side[i].err_class);
                     tk_free(side[i].err_msg);
                 }
-                atomic_store_explicit(&sub->head, head + 1, memory_order_release);
-                /* Only this thread writes it: a store, not a locked add. */
-                atomic_store_explicit(&sub->delivered, ++delivered, memory_order_relaxed);
+                if ((head & publish) == publish || head + 1 == tail) {
+                    atomic_store_explicit(&sub->head, head + 1, memory_order_release);
+                    /* Only this thread writes it: a store, not a locked add. */
+                    atomic_store_explicit(&sub->delivered, delivered + (head + 1 - first),
+                                          memory_order_relaxed);
+                }
+                head++;
             }
+            delivered += head - first;
             naps = 0;
             continue;
         }
@@ -319,7 +360,8 @@ int tasker_subscribe(tasker_subscription **out, tasker_coordinator *c, uint32_t 
      * only touched by failure and circuit events: its pages mostly stay
      * unmapped. */
     if (!sub || !(sub->ring_mem = tk_malloc(cap * sizeof *sub->ring + 63)) ||
-        !(sub->side = tk_malloc(cap * sizeof *sub->side))) {
+        !(sub->side = tk_malloc(cap * sizeof *sub->side)) ||
+        !(sub->dstate = tk_malloc(sizeof(dstate)))) {
         rc = tk_enomem();
         goto fail;
     }
@@ -330,6 +372,8 @@ int tasker_subscribe(tasker_subscription **out, tasker_coordinator *c, uint32_t 
     sub->userdata = userdata;
     sub->free_userdata = free_userdata;
     sub->cap = cap;
+    sub->slot_mask = cap - 1;
+    tk_event_seen(sub, 0);
     pthread_mutex_init(&sub->m, NULL);
     pthread_cond_init(&sub->cv, NULL);
     if (pthread_create(&sub->thread, NULL, sub_main, sub) != 0) {
@@ -350,6 +394,7 @@ fail:
     if (sub) {
         tk_free(sub->ring_mem);
         tk_free(sub->side);
+        tk_free(sub->dstate);
     }
     tk_free(sub);
     if (free_userdata)
@@ -370,6 +415,7 @@ static void sub_stop_free(struct tasker_subscription *sub)
     pthread_cond_destroy(&sub->cv);
     tk_free(sub->ring_mem);
     tk_free(sub->side);
+    tk_free(sub->dstate);
     tk_free(sub);
 }
 

@@ -56,6 +56,7 @@ struct tasker_subscription {
     tk_evslot *ring; /* cap slots, 64-byte aligned inside ring_mem */
     void *ring_mem;
     tk_evside *side; /* cap entries, used by failure and circuit events only */
+    void *dstate;    /* the delivery thread's own state (events.c) */
     size_t cap;      /* a power of two */
     /* The padding keeps the groups below on different cache lines, so that
      * the consumer's per-event stores (head, delivered) never take the line
@@ -66,6 +67,13 @@ struct tasker_subscription {
     /* Producer side (written under the coordinator's lock). */
     atomic_size_t tail;
     size_t head_seen; /* the producer's last look at head */
+    /* Worked out from head_seen whenever it changes (tk_event_seen), so
+     * that each event tests its position against one field: the first
+     * position that would overwrite an undelivered event, and the first at
+     * which a napping delivery thread may have a quarter of the buffer
+     * waiting. */
+    size_t room_end, nap_end;
+    size_t slot_mask; /* cap - 1 */
     atomic_uint_fast64_t dropped;
     char pad1[64];
     /* Written by the consumer only when it naps, sleeps or wakes; read by
@@ -99,6 +107,14 @@ enum { TK_SUB_AWAKE = 0, TK_SUB_NAPPING = 1, TK_SUB_ASLEEP = 2 };
 #define TK_HOT_INLINE inline
 #endif
 
+/* Producer side: records the producer's look at the consumer's position. */
+static TK_HOT_INLINE void tk_event_seen(struct tasker_subscription *sub, size_t head)
+{
+    sub->head_seen = head;
+    sub->room_end = head + sub->cap;
+    sub->nap_end = head + sub->cap / 4;
+}
+
 /* Producer side, with the coordinator's lock held: the slot for the next
  * event, or NULL when the buffer is full (the drop is counted).  `*tail`
  * receives the position to pass to tk_event_commit once the slot is filled
@@ -106,15 +122,15 @@ enum { TK_SUB_AWAKE = 0, TK_SUB_NAPPING = 1, TK_SUB_ASLEEP = 2 };
 static TK_HOT_INLINE tk_evslot *tk_event_slot(struct tasker_subscription *sub, size_t *tail_out)
 {
     size_t tail = atomic_load_explicit(&sub->tail, memory_order_relaxed);
-    if (tail - sub->head_seen >= sub->cap) {
-        sub->head_seen = atomic_load_explicit(&sub->head, memory_order_acquire);
-        if (tail - sub->head_seen >= sub->cap) {
+    if (tail >= sub->room_end) {
+        tk_event_seen(sub, atomic_load_explicit(&sub->head, memory_order_acquire));
+        if (tail >= sub->room_end) {
             atomic_fetch_add_explicit(&sub->dropped, 1, memory_order_relaxed);
             return NULL;
         }
     }
     *tail_out = tail;
-    return &sub->ring[tail & (sub->cap - 1)];
+    return &sub->ring[tail & sub->slot_mask];
 }
 
 void tk_event_wake(struct tasker_subscription *sub, int sleeping, size_t tail);
@@ -132,7 +148,7 @@ static TK_HOT_INLINE void tk_event_commit(struct tasker_subscription *sub, size_
         return;
     /* A napping thread wakes by itself; the slow path looks closer only once
      * the buffer may be a quarter full. */
-    if (sl == TK_SUB_NAPPING && tail - sub->head_seen < sub->cap / 4)
+    if (sl == TK_SUB_NAPPING && tail < sub->nap_end)
         return;
     tk_event_wake(sub, sl, tail);
 }

@@ -100,7 +100,7 @@ void tk_obs_emit(tasker_coordinator *c, uint32_t type, const tk_task *t, const t
         tk_evslot_fill(r, type, t, s, now);
         r->has_side = f != NULL;
         if (f) {
-            tk_evside *e = &sub->side[tail & (sub->cap - 1)];
+            tk_evside *e = &sub->side[tail & sub->slot_mask];
             e->err_class = tk_strdup(f->error_class);
             e->err_msg = tk_strdup(f->message);
             e->circuit = e->circuit_ns = NULL;
@@ -213,7 +213,7 @@ static void hist(sbuf *b, const char *name, const char *label, const char *value
     cum += h->counts[TK_HIST_BUCKETS];
     put(b, "%s_bucket{%s=\"%s\",le=\"+Inf\"} %llu\n", name, label, value, (unsigned long long)cum);
     put(b, "%s_sum{%s=\"%s\"} %.9g\n", name, label, value, (double)h->sum_ns / 1e9);
-    put(b, "%s_count{%s=\"%s\"} %llu\n", name, label, value, (unsigned long long)h->n);
+    put(b, "%s_count{%s=\"%s\"} %llu\n", name, label, value, (unsigned long long)cum);
 }
 
 static void head(sbuf *b, const char *name, const char *type, const char *help)

@@ -9,9 +9,10 @@
 
 #define TK_HIST_BUCKETS 14
 
+/* The sample count is the sum of the buckets, added up when the metrics
+ * are read rather than kept per sample. */
 typedef struct tk_hist {
     uint64_t counts[TK_HIST_BUCKETS + 1]; /* the last one is +Inf */
-    uint64_t n;
     int64_t sum_ns;
 } tk_hist;
 
@@ -49,7 +50,6 @@ static inline void tk_hist_add_inline(tk_hist *h, int64_t ns)
     if (ns < 0)
         ns = 0;
     h->counts[tk_hist_bucket_inline(ns)]++;
-    h->n++;
     h->sum_ns += ns;
 }
 
