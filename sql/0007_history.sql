@@ -40,7 +40,12 @@ ALTER TABLE tasker.steps ADD COLUMN IF NOT EXISTS worker_id int;
 ALTER TABLE tasker.tasks SET (fillfactor = 30);
 ALTER TABLE tasker.steps SET (fillfactor = 30);
 ALTER TABLE tasker.queue SET (fillfactor = 50);
+-- Every finishing update had to move the row to add an entry to the index
+-- on finished_at; retention finds old tasks by creation instead (a task
+-- finished before a time was created before it), an index whose entry is
+-- written once, with the row.
 DROP INDEX IF EXISTS tasker.tasks_finished_at;
+CREATE INDEX IF NOT EXISTS tasks_created_at ON tasker.tasks (created_at);
 
 -- The transitions a step row stands for while its flag is false: enqueued
 -- (attempt 0), claimed (its only attempt), complete.  `rank` orders rows
@@ -773,6 +778,26 @@ LANGUAGE sql AS $$
            c.step_name, c.handler, c.namespace, c.template_name, c.context, c.dep_names,
            c.dep_results
     FROM tasker.claim_ns(p_worker, p_handlers, p_limit, p_lease_ms, NULL, NULL) c
+$$;
+
+-- tasker.prune (0004): old tasks found by creation time (see the index above).
+CREATE OR REPLACE FUNCTION tasker.prune(p_older_than interval, p_batch int DEFAULT 1000,
+                                        p_include_errors boolean DEFAULT false)
+RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+    v_ids bigint[];
+BEGIN
+    SELECT array_agg(x.id) INTO v_ids FROM (
+        SELECT t.id FROM tasker.tasks t
+        WHERE t.created_at < now() - p_older_than AND t.finished_at < now() - p_older_than
+          AND (t.state IN (2, 4, 5) OR (p_include_errors AND t.state = 3))
+        ORDER BY t.created_at LIMIT p_batch
+        FOR UPDATE SKIP LOCKED) x;
+    IF v_ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    RETURN tasker._delete_tasks(v_ids);
+END
 $$;
 
 INSERT INTO tasker.schema_version (version, name) VALUES (7, 'history')
