@@ -373,12 +373,16 @@ BEGIN
     -- the step is complete.  The DELETE tests the lease on the row version
     -- it deletes (a concurrent change makes it test the new version), so
     -- no separate lock is taken first.  The join is on the key, an index
-    -- lookup per entry whatever the statistics say.
+    -- lookup per entry: the lease's expiry is compared as a difference,
+    -- which no index serves, because a plain visible_at > now() let the
+    -- planner scan the claim index for leased rows (it guesses one) and
+    -- test every entry against each of them, quadratic in the batch.
     WITH dq AS (
         DELETE FROM tasker.queue q
         USING unnest(p_task_ids, p_idxs, p_attempts, p_ok) WITH ORDINALITY AS u(tid, idx, att, okf, o)
         WHERE q.task_id = u.tid AND q.step_idx = u.idx AND u.okf
-          AND q.attempt = u.att AND q.leased_by IS NOT NULL AND q.visible_at > v_now
+          AND q.attempt = u.att AND q.leased_by IS NOT NULL
+          AND q.visible_at - v_now > interval '0'
         RETURNING u.o::int AS o, q.task_id, q.step_idx),
     s AS (
         UPDATE tasker.steps s SET state = 4, result = p_results[dq.o]::json, finished_at = v_now
@@ -778,6 +782,42 @@ LANGUAGE sql AS $$
            c.step_name, c.handler, c.namespace, c.template_name, c.context, c.dep_names,
            c.dep_results
     FROM tasker.claim_ns(p_worker, p_handlers, p_limit, p_lease_ms, NULL, NULL) c
+$$;
+
+-- tasker.heartbeat (0003): the lease test written so that no index serves
+-- it (see tasker.complete_steps above): each entry is one key lookup.
+CREATE OR REPLACE FUNCTION tasker.heartbeat(p_worker int, p_task_ids bigint[], p_idxs int[],
+                                            p_attempts int[], p_lease_ms int)
+RETURNS TABLE (ord int, held boolean)
+LANGUAGE plpgsql
+-- Batches are small next to the tables; planner statistics (often taken
+-- when the queue was empty) must not turn key lookups into table scans.
+SET enable_seqscan = off AS $$
+DECLARE
+    v_now timestamptz := now();
+BEGIN
+    UPDATE tasker.workers SET last_seen_at = v_now WHERE id = p_worker;
+    RETURN QUERY
+    WITH k AS (
+        SELECT u.tid, u.idx, u.att, u.o::int AS o
+        FROM unnest(p_task_ids, p_idxs, p_attempts) WITH ORDINALITY AS u(tid, idx, att, o)),
+    l AS (
+        SELECT k.o, q.task_id, q.step_idx
+        FROM k JOIN tasker.queue q ON q.task_id = k.tid AND q.step_idx = k.idx
+        WHERE q.attempt = k.att AND q.leased_by = p_worker AND q.visible_at - v_now > interval '0'
+        ORDER BY q.task_id, q.step_idx
+        FOR UPDATE OF q SKIP LOCKED),
+    u AS (
+        UPDATE tasker.queue q SET visible_at = v_now + p_lease_ms * interval '1 millisecond'
+        FROM l WHERE q.task_id = l.task_id AND q.step_idx = l.step_idx
+        RETURNING l.o)
+    SELECT u.o, true FROM u
+    UNION ALL
+    SELECT k.o, false FROM k
+    WHERE NOT EXISTS (SELECT 1 FROM tasker.queue q
+                      WHERE q.task_id = k.tid AND q.step_idx = k.idx AND q.attempt = k.att
+                        AND q.leased_by = p_worker AND q.visible_at - v_now > interval '0');
+END
 $$;
 
 -- tasker.prune (0004): old tasks found by creation time (see the index above).

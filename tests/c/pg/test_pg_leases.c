@@ -370,6 +370,76 @@ static void test_connections_lost_mid_run(void **state)
     th_ok(tasker_coordinator_close(a));
 }
 
+/* ---- plans: a batch is one key lookup per entry ---------------------------- */
+
+static void keep_notice(void *arg, const char *message)
+{
+    char *buf = arg;
+    size_t have = strlen(buf);
+    snprintf(buf + have, 65536 - have, "%s", message);
+}
+
+/* A completion batch and a heartbeat look each entry up by its key, however
+ * many other steps are leased.  Comparing the lease's expiry as plain
+ * visible_at > now() let the planner scan the claim index for every leased
+ * row instead (guessing one) and test each batch entry against each of
+ * them: quadratic in the batch, the slowest statement of a completion.
+ * Checked on the plans PostgreSQL reports for the functions' statements
+ * (auto_explain), not on timings. */
+static void test_batches_look_up_each_key(void **state)
+{
+    (void)state;
+    pgt_require();
+    tasker_coordinator *coord = poll_worker();
+    th_ok(tasker_coordinator_close(coord));
+    PGconn *c = pgt_conn();
+    pgt_exec("SELECT count(*) FROM generate_series(1, 600) g CROSS JOIN LATERAL "
+             "tasker.create_task('lease', 'one', NULL, '{\"i\": ' || g || '}', NULL, 0)");
+    long long w = pgt_num("SELECT tasker.worker_register('plan-test', 1)");
+    char ws[24];
+    snprintf(ws, sizeof ws, "%lld", w);
+    pgt_exec("CREATE TEMP TABLE plan_claims AS SELECT * FROM tasker.claim_ns($1::int, "
+             "ARRAY['polled'], 500, 60000, NULL, NULL)",
+             ws);
+    assert_int_equal(pgt_num("SELECT count(*) FROM plan_claims"), 500);
+    pgt_exec("ANALYZE tasker.queue");
+
+    char *notices = calloc(1, 65536);
+    PQnoticeProcessor old = PQsetNoticeProcessor(c, keep_notice, notices);
+    pgt_exec("LOAD 'auto_explain'");
+    pgt_exec("SET auto_explain.log_min_duration = 0");
+    pgt_exec("SET auto_explain.log_nested_statements = on");
+    pgt_exec("SET auto_explain.log_level = notice");
+    pgt_exec("SET client_min_messages = notice");
+    pgt_exec("SELECT count(*) FROM tasker.heartbeat($1::int, "
+             "(SELECT array_agg(task_id) FROM (SELECT * FROM plan_claims LIMIT 200) x), "
+             "(SELECT array_agg(step_idx) FROM (SELECT * FROM plan_claims LIMIT 200) x), "
+             "(SELECT array_agg(attempt) FROM (SELECT * FROM plan_claims LIMIT 200) x), 60000)",
+             ws);
+    pgt_exec("SELECT count(*) FROM tasker.complete_steps_ev($1::int, "
+             "(SELECT array_agg(task_id) FROM (SELECT * FROM plan_claims LIMIT 200) x), "
+             "(SELECT array_agg(step_idx) FROM (SELECT * FROM plan_claims LIMIT 200) x), "
+             "(SELECT array_agg(attempt) FROM (SELECT * FROM plan_claims LIMIT 200) x), "
+             "(SELECT array_agg(true) FROM (SELECT * FROM plan_claims LIMIT 200) x), "
+             "(SELECT array_agg('{}'::text) FROM (SELECT * FROM plan_claims LIMIT 200) x), "
+             "NULL, NULL, NULL, NULL, NULL, NULL)",
+             ws);
+    pgt_exec("SET auto_explain.log_min_duration = -1");
+    PQsetNoticeProcessor(c, old, NULL);
+
+    /* Both statements were explained, and neither used the claim index. */
+    assert_non_null(strstr(notices, "DELETE FROM tasker.queue q"));
+    assert_non_null(strstr(notices, "UPDATE tasker.queue q SET visible_at"));
+    if (strstr(notices, "queue_claim"))
+        fail_msg("a batch statement scans the claim index:\n%s", notices);
+    free(notices);
+    assert_int_equal(pgt_num("SELECT count(*) FROM tasker.queue q JOIN plan_claims p ON "
+                             "p.task_id = q.task_id AND p.step_idx = q.step_idx"),
+                     300);
+    pgt_exec("DROP TABLE plan_claims");
+    pgt_exec("DELETE FROM tasker.queue WHERE leased_by = $1::int", ws);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -391,6 +461,7 @@ int main(void)
         cmocka_unit_test(test_claims_prefer_tasks_under_way),
         cmocka_unit_test(test_stop_drains_and_restarts),
         cmocka_unit_test(test_connections_lost_mid_run),
+        cmocka_unit_test(test_batches_look_up_each_key),
     };
     if (getenv("PGT_FILTER"))
         cmocka_set_test_filter(getenv("PGT_FILTER"));
