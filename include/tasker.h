@@ -207,6 +207,8 @@ typedef struct tasker_step tasker_step;
  *   postgres.async_complete   false (default): tasker_step_succeed/fail return once
  *                             the completion is committed; true: they return at
  *                             once and a refused (fenced) completion is only counted
+ *   postgres.namespaces       claim only steps of these namespaces, names separated
+ *                             by commas (default empty: every namespace)
  *   metrics.enabled           true (default) or false: count for tasker_metrics_text
  *   log.level                 off (default), error, warn, info, debug
  *   log.sink                  stderr (default), stdout, or a file path (appended)

@@ -223,7 +223,8 @@ END
 $$;
 
 -- tasker.claim_ns (0006): transitions rows only for flagged rows; the step
--- row keeps the worker.
+-- row keeps the worker; claims only from the namespaces in the session's
+-- tasker.namespaces, when set.
 CREATE OR REPLACE FUNCTION tasker.claim_ns(p_worker int, p_handlers text[], p_limit int,
                                            p_lease_ms int, p_skip_ns text[], p_only_ns text)
 RETURNS TABLE (task_id bigint, step_idx int, attempt int, max_attempts int, step_uuid uuid,
@@ -240,6 +241,7 @@ DECLARE
     v_until timestamptz := now() + p_lease_ms * interval '1 millisecond';
     v_skip  int[];
     v_only  int;
+    v_allow int[];
     v_t     bigint[];
     v_i     int[];
     v_vis   timestamptz[];
@@ -255,6 +257,13 @@ BEGIN
     IF p_skip_ns IS NOT NULL AND cardinality(p_skip_ns) > 0 THEN
         SELECT array_agg(n.id) INTO v_skip FROM tasker.namespaces n WHERE n.name = ANY(p_skip_ns);
     END IF;
+    -- The namespaces this session serves: tasker.namespaces, a JSON array of
+    -- names the library sets from postgres.namespaces; unset, all of them.
+    IF coalesce(current_setting('tasker.namespaces', true), '') <> '' THEN
+        SELECT coalesce(array_agg(n.id), '{}') INTO v_allow FROM tasker.namespaces n
+        WHERE n.name IN (SELECT json_array_elements_text(
+                             current_setting('tasker.namespaces')::json));
+    END IF;
 
     SELECT array_agg(c.task_id), array_agg(c.step_idx), array_agg(c.visible_at),
            array_agg(c.leased_by IS NOT NULL)
@@ -263,6 +272,7 @@ BEGIN
           WHERE q.handler = ANY(p_handlers) AND q.visible_at <= v_now
             AND (v_only IS NULL OR q.namespace_id = v_only)
             AND (v_skip IS NULL OR q.namespace_id <> ALL(v_skip))
+            AND (v_allow IS NULL OR q.namespace_id = ANY(v_allow))
           ORDER BY q.priority DESC, q.visible_at
           LIMIT p_limit
           FOR UPDATE SKIP LOCKED) c;

@@ -36,6 +36,7 @@ static const struct {
     [TK_CFG_PG_FLUSH_MAX] = {"postgres.flush_max", T_INT, NULL, 256, 1, 100000, NULL},
     [TK_CFG_PG_ASYNC_COMPLETE] = {"postgres.async_complete", T_ENUM, "false", 0, 0, 0,
                                   "true|false"},
+    [TK_CFG_PG_NAMESPACES] = {"postgres.namespaces", T_STR, "", 0, 0, 0, NULL},
     [TK_CFG_METRICS_ENABLED] = {"metrics.enabled", T_ENUM, "true", 0, 0, 0, "true|false"},
     [TK_CFG_LOG_LEVEL] = {"log.level", T_ENUM, "off", 0, 0, 0, "off|error|warn|info|debug"},
     [TK_CFG_LOG_SINK] = {"log.sink", T_STR, "stderr", 0, 0, 0, NULL},

@@ -182,6 +182,11 @@ int tk_pg_connect_within(tk_pg *pg, tk_pgconn **out, const char *timeout_s)
      * library, which sends them after the commit (tk_pg_notify; see
      * sql/0006_notify.sql). */
     PQclear(PQexec(conn, "SET plan_cache_mode = force_generic_plan; SET tasker.quiet = on"));
+    if (pg->namespaces) {
+        const char *v[] = {pg->namespaces};
+        PQclear(PQexecParams(conn, "SELECT set_config('tasker.namespaces', $1, false)", 1, NULL, v,
+                             NULL, NULL, 0));
+    }
     tk_pgconn *c = tk_calloc(1, sizeof *c);
     if (!c) {
         PQfinish(conn);

@@ -119,6 +119,10 @@ struct tk_pg {
     char *target;   /* "user@host:port/db" for messages: never the password */
     char *password; /* scrubbed from any message we pass on; NULL if none */
     int worker_id;  /* tasker.workers row of this store */
+    /* postgres.namespaces as a JSON array of names (NULL: every
+     * namespace); each connection sets it as tasker.namespaces, which
+     * restricts the claims of tasker.claim_ns (sql/0007_history.sql). */
+    char *namespaces;
 
     /* tuning (see tk_pg_tune) */
     int lease_ms, poll_ms, claim_batch, flush_max, async_complete;

@@ -11,6 +11,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/error.h"
+#include "core/template.h"
 #include "core/uuid.h"
 #include "run/engine.h"
 #include "store/pg_internal.h"
@@ -19,6 +20,7 @@
 
 static void pg_free(tk_pg *pg)
 {
+    tk_free(pg->namespaces);
     for (int i = 0; i < pg->n_pool; i++)
         tk_pg_disconnect(pg->pool[i]);
     pg->n_pool = 0;
@@ -106,6 +108,53 @@ static int register_worker(tk_pg *pg, tk_pgconn *c)
     return rc;
 }
 
+/* postgres.namespaces: names separated by commas (spaces around them are
+ * dropped), kept as a JSON array for the connections' tasker.namespaces. */
+static int parse_namespaces(tk_pg *pg, const char *list)
+{
+    if (!list || !*list)
+        return TASKER_OK;
+    json_t *arr = json_array();
+    char *copy = tk_strdup(list);
+    if (!arr || !copy) {
+        json_decref(arr);
+        tk_free(copy);
+        return tk_enomem();
+    }
+    int rc = TASKER_OK;
+    char *save = NULL;
+    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ' || *tok == '\t')
+            tok++;
+        char *end = tok + strlen(tok);
+        while (end > tok && (end[-1] == ' ' || end[-1] == '\t'))
+            *--end = '\0';
+        const char *why = tk_name_problem(tok, 0);
+        if (why) {
+            rc = tk_err(TASKER_ECONFIG, TASKER_CATEGORY_CONFIG,
+                        json_pack("{s:s, s:s}", "key", "postgres.namespaces", "value", list),
+                        "postgres.namespaces: namespace \"%s\" %s (expected names separated by "
+                        "commas)",
+                        tok, why);
+            break;
+        }
+        if (json_array_append_new(arr, json_string(tok))) {
+            rc = tk_enomem();
+            break;
+        }
+    }
+    tk_free(copy);
+    if (rc == TASKER_OK && json_array_size(arr) > 0) {
+        char *text = json_dumps(arr, JSON_COMPACT);
+        pg->namespaces = text ? tk_strdup(text) : NULL;
+        free(text);
+        if (!pg->namespaces)
+            rc = tk_enomem();
+    }
+    json_decref(arr);
+    return rc;
+}
+
 int tk_pg_open(tk_pg **out, tasker_coordinator *coord, const struct tasker_config *cfg)
 {
     *out = NULL;
@@ -145,6 +194,8 @@ int tk_pg_open(tk_pg **out, tasker_coordinator *coord, const struct tasker_confi
 
     char *why = NULL;
     tk_pgconn *c = NULL;
+    if ((rc = parse_namespaces(pg, tk_config_str(cfg, TK_CFG_PG_NAMESPACES))))
+        goto fail;
     if (!(pg->conninfo = tk_strdup(url))) {
         rc = tk_enomem();
         goto fail;

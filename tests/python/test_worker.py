@@ -34,6 +34,7 @@ TEMPLATES = [
     {"namespace": "wt", "name": "one", "steps": [{"name": "s", "handler": "work"}]},
     {"namespace": "wt", "name": "aone", "steps": [{"name": "s", "handler": "awork"}]},
     {"namespace": "other", "name": "one", "steps": [{"name": "s", "handler": "other"}]},
+    {"namespace": "other", "name": "shared", "steps": [{"name": "s", "handler": "work"}]},
 ]
 
 APP = '''
@@ -311,6 +312,21 @@ def test_namespace_limits_what_a_worker_serves(wenv):
     assert mine.wait(timeout=30) == "complete"
     time.sleep(0.5)
     assert theirs.status() == "pending"  # no worker serves namespace wt
+    assert _stop(w) == 0
+    w2 = wenv.worker("--namespace", "wt")
+    assert theirs.wait(timeout=30) == "complete"
+    assert _stop(w2) == 0
+
+
+def test_namespace_limits_the_claims_too(wenv):
+    # Both namespaces have templates using the handler "work"; a worker for
+    # "other" runs only other's steps.
+    w = wenv.worker("--namespace", "other")
+    theirs = wenv.producer.submit("wt/one")
+    mine = wenv.producer.submit("other/shared")
+    assert mine.wait(timeout=30) == "complete"
+    time.sleep(0.5)
+    assert theirs.status() == "pending"
     assert _stop(w) == 0
     w2 = wenv.worker("--namespace", "wt")
     assert theirs.wait(timeout=30) == "complete"

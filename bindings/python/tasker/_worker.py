@@ -143,8 +143,8 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="N",
         action="append",
         default=None,
-        help="serve only the templates of namespace N and the handlers they use "
-        "(repeatable; default: every template of the app)",
+        help="serve only the templates of namespace N and the handlers they use, "
+        "and claim only N's steps (repeatable; default: every template of the app)",
     )
     p.add_argument(
         "--concurrency",
@@ -713,6 +713,10 @@ def _open(args: argparse.Namespace, app: Coordinator, url: str, concurrency: int
             raise UsageError("--set %s: the worker sets it (use --database-url / --log-*)" % key)
     config["log.level"] = args.log_level
     config["log.sink"] = args.log_sink
+    if args.namespace:
+        # Claims come from these namespaces only, even where another
+        # namespace's templates use the same handler names.
+        config["postgres.namespaces"] = ",".join(args.namespace)
     try:
         return Coordinator(
             config,

@@ -440,6 +440,60 @@ static void test_batches_look_up_each_key(void **state)
     pgt_exec("DELETE FROM tasker.queue WHERE leased_by = $1::int", ws);
 }
 
+/* ---- postgres.namespaces -------------------------------------------------------- */
+
+static int count_handler(tasker_step *step, void *ud)
+{
+    th_counter_add(ud, 1);
+    return tasker_step_succeed(step, NULL, 0);
+}
+
+/* postgres.namespaces restricts the claims themselves: a worker for one
+ * namespace leaves the steps of another alone although it has a handler of
+ * that name.  A bad name is refused at open, naming the key. */
+static void test_namespaces_key_limits_claims(void **state)
+{
+    (void)state;
+    pgt_require();
+    tasker_config *cfg = NULL;
+    th_ok(tasker_config_new(&cfg));
+    th_ok(tasker_config_set(cfg, "store", "postgres"));
+    th_ok(tasker_config_set(cfg, "database.url", url));
+    th_ok(tasker_config_set(cfg, "postgres.namespaces", "ns_a, bad/name"));
+    tasker_coordinator *bad = NULL;
+    assert_int_equal(tasker_coordinator_open(&bad, cfg), TASKER_ECONFIG);
+    assert_null(bad);
+    assert_non_null(strstr(tasker_error_last()->message, "postgres.namespaces"));
+    assert_non_null(strstr(tasker_error_last()->message, "bad/name"));
+    tasker_config_free(cfg);
+
+    th_counter n;
+    th_counter_init(&n);
+    tasker_coordinator *only_b =
+        th_open("store", "postgres", "database.url", url, "postgres.namespaces", " ns_b ", NULL);
+    th_handler(only_b, "shared", count_handler, &n);
+    th_register(only_b, "{\"namespace\":\"ns_a\",\"name\":\"t\",\"steps\":["
+                        "{\"name\":\"s\",\"handler\":\"shared\"}]}");
+    th_register(only_b, "{\"namespace\":\"ns_b\",\"name\":\"t\",\"steps\":["
+                        "{\"name\":\"s\",\"handler\":\"shared\"}]}");
+    char ua[TASKER_UUID_BUFSIZE], ub[TASKER_UUID_BUFSIZE];
+    th_create(ua, only_b, "ns_a", "t", NULL);
+    th_create(ub, only_b, "ns_b", "t", NULL);
+    th_ok(tasker_coordinator_start(only_b, 2));
+    assert_int_equal(th_wait_final(only_b, ub), TASKER_TASK_COMPLETE);
+    th_sleep_ms(500);
+    assert_int_equal(th_task_state(only_b, ua), TASKER_TASK_PENDING);
+    assert_int_equal(th_counter_get(&n), 1);
+    th_ok(tasker_coordinator_close(only_b));
+
+    tasker_coordinator *any = pgt_open(url);
+    th_handler(any, "shared", count_handler, &n);
+    th_ok(tasker_coordinator_start(any, 1));
+    assert_int_equal(th_wait_final(any, ua), TASKER_TASK_COMPLETE);
+    assert_int_equal(th_counter_get(&n), 2);
+    th_ok(tasker_coordinator_close(any));
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -462,6 +516,7 @@ int main(void)
         cmocka_unit_test(test_stop_drains_and_restarts),
         cmocka_unit_test(test_connections_lost_mid_run),
         cmocka_unit_test(test_batches_look_up_each_key),
+        cmocka_unit_test(test_namespaces_key_limits_claims),
     };
     if (getenv("PGT_FILTER"))
         cmocka_set_test_filter(getenv("PGT_FILTER"));
