@@ -306,27 +306,14 @@ def test_sigkill_mid_step_another_worker_finishes_after_the_lease(wenv):
 
 
 def test_namespace_limits_what_a_worker_serves(wenv):
+    # "other" has a handler of its own and one ("work") that wt's templates
+    # use too: a worker for "other" runs other's steps only.
     w = wenv.worker("--namespace", "other")
-    mine = wenv.producer.submit("other/one")
+    mine = [wenv.producer.submit("other/one"), wenv.producer.submit("other/shared")]
     theirs = wenv.producer.submit("wt/one")
-    assert mine.wait(timeout=30) == "complete"
+    assert [h.wait(timeout=30) for h in mine] == ["complete", "complete"]
     time.sleep(0.5)
     assert theirs.status() == "pending"  # no worker serves namespace wt
-    assert _stop(w) == 0
-    w2 = wenv.worker("--namespace", "wt")
-    assert theirs.wait(timeout=30) == "complete"
-    assert _stop(w2) == 0
-
-
-def test_namespace_limits_the_claims_too(wenv):
-    # Both namespaces have templates using the handler "work"; a worker for
-    # "other" runs only other's steps.
-    w = wenv.worker("--namespace", "other")
-    theirs = wenv.producer.submit("wt/one")
-    mine = wenv.producer.submit("other/shared")
-    assert mine.wait(timeout=30) == "complete"
-    time.sleep(0.5)
-    assert theirs.status() == "pending"
     assert _stop(w) == 0
     w2 = wenv.worker("--namespace", "wt")
     assert theirs.wait(timeout=30) == "complete"
