@@ -211,10 +211,15 @@ void tk_pg_enqueue_local_locked(tk_pg *pg, tk_pgclaim *list, size_t n)
         pg->lq_tail = cl;
     }
     pg->n_lq += n;
-    if (n > 1)
+    /* One waiting thread per new claim: waking them all for a few claims
+     * has most of them find nothing and wait again, each a context switch
+     * the threads that do get a claim wait behind. */
+    if (n >= pg->n_workers) {
         pthread_cond_broadcast(&pg->work_cv);
-    else
-        pthread_cond_signal(&pg->work_cv);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            pthread_cond_signal(&pg->work_cv);
+    }
 }
 
 size_t tk_pg_backlog_want_locked(const tk_pg *pg)
