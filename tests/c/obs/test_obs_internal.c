@@ -13,6 +13,13 @@
  *    every event of many tasks the same as the task's JSON shows (the
  *    delivery thread derives a step's text from its task's when they share
  *    all but the counter bytes).
+ *  - 32-byte event slots: events that do not fit one (a time too long after
+ *    the task's creation, step UUIDs not derived from the task's) go to the
+ *    side entry in full and arrive the same as the others; with several
+ *    worker threads every task's events arrive complete and in the order of
+ *    its state changes.
+ *  - task waiters: many threads waiting on tasks that worker threads finish
+ *    (with a subscriber) all return, and closing right after is safe.
  */
 #define _GNU_SOURCE
 #include "th.h"
@@ -21,9 +28,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <pthread.h>
+
+#include "core/clock.h"
 #include "core/uuid.h"
 #include "obs/events.h"
 #include "obs/metrics.h"
+#include "run/engine.h"
 
 #define CHAIN                                                                                \
     "{\"namespace\":\"in\",\"name\":\"chain\",\"steps\":[{\"name\":\"x\",\"handler\":"      \
@@ -219,6 +230,195 @@ static void event_uuids_match_task_json(void **state)
     free(l.ev);
 }
 
+/* ---- event order and the wide path -------------------------------------- */
+
+typedef struct {
+    uint32_t type;
+    uint32_t attempt;
+    int64_t at;
+    char task[TASKER_UUID_BUFSIZE], step[TASKER_UUID_BUFSIZE], name[8];
+} full_ev;
+
+typedef struct {
+    full_ev *ev;
+    size_t n, cap;
+    int overflow;
+} full_list;
+
+static void record_full(const tasker_event *e, void *ud)
+{
+    full_list *l = ud; /* delivery thread only; read after unsubscribe */
+    if (l->n == l->cap) {
+        l->overflow = 1;
+        return;
+    }
+    full_ev *x = &l->ev[l->n++];
+    x->type = e->type;
+    x->attempt = e->attempt;
+    x->at = e->at_unix_ns;
+    snprintf(x->task, sizeof x->task, "%s", e->task_uuid);
+    snprintf(x->step, sizeof x->step, "%s", e->step_uuid);
+    snprintf(x->name, sizeof x->name, "%s", e->step_name);
+}
+
+/* The events of task `uuid` in `l`, in delivery order, must be exactly its
+ * life: created first, completed last, each of the chain's steps enqueued,
+ * started and succeeded in that order (x before y before z), attempt 1 once
+ * started, the
+ * step UUIDs its JSON shows, times within [t0, t1] and never going back. */
+static void assert_chain_life(tasker_coordinator *c, const full_list *l, const char *uuid,
+                              int64_t t0, int64_t t1)
+{
+    static const char *const names[3] = {"x", "y", "z"};
+    static const uint32_t step_seq[3] = {TASKER_EVENT_STEP_ENQUEUED, TASKER_EVENT_STEP_STARTED,
+                                         TASKER_EVENT_STEP_SUCCEEDED};
+    json_t *task = th_task(c, uuid);
+    size_t pos = 0;
+    int64_t last_at = t0;
+    for (size_t k = 0; k < l->n; k++) {
+        const full_ev *e = &l->ev[k];
+        if (strcmp(e->task, uuid) != 0)
+            continue;
+        uint32_t want_type;
+        const char *want_name = "";
+        if (pos == 0) {
+            want_type = TASKER_EVENT_TASK_CREATED;
+        } else if (pos == CHAIN_EVENTS - 1) {
+            want_type = TASKER_EVENT_TASK_COMPLETED;
+        } else {
+            want_type = step_seq[(pos - 1) % 3];
+            want_name = names[(pos - 1) / 3];
+        }
+        assert_int_equal(e->type, want_type);
+        assert_string_equal(e->name, want_name);
+        if (want_name[0]) {
+            /* The attempt is counted when it starts: 0 while enqueued. */
+            assert_int_equal(e->attempt, want_type == TASKER_EVENT_STEP_ENQUEUED ? 0 : 1);
+            const char *su = json_string_value(json_object_get(th_step(task, want_name), "uuid"));
+            assert_non_null(su);
+            assert_string_equal(e->step, su);
+        } else {
+            assert_int_equal(e->attempt, 0);
+            assert_string_equal(e->step, "");
+        }
+        assert_true(e->at >= last_at);
+        assert_true(e->at <= t1);
+        last_at = e->at;
+        pos++;
+    }
+    assert_int_equal(pos, CHAIN_EVENTS);
+    json_decref(task);
+}
+
+/* Four worker threads and tasks made by two threads: every task's events
+ * arrive complete, once, and in the order of its state changes. */
+typedef struct {
+    tasker_coordinator *c;
+    char (*uuids)[TASKER_UUID_BUFSIZE];
+    int n;
+} maker_arg;
+
+static void *make_tasks(void *arg)
+{
+    maker_arg *a = arg;
+    for (int i = 0; i < a->n; i++)
+        th_create(a->uuids[i], a->c, "in", "chain", NULL);
+    return NULL;
+}
+
+static void events_in_order_with_many_workers(void **state)
+{
+    (void)state;
+    enum { PER_MAKER = 1500, TASKS = 2 * PER_MAKER };
+    tasker_coordinator *c = th_open(NULL);
+    th_handler(c, "node", th_handler_node, NULL);
+    th_register(c, CHAIN);
+    full_list l = {.cap = TASKS * CHAIN_EVENTS};
+    l.ev = calloc(l.cap, sizeof *l.ev);
+    assert_non_null(l.ev);
+    tasker_subscription *sub;
+    /* A buffer that holds every event: none may be dropped here. */
+    th_ok(tasker_subscribe(&sub, c, TASKER_EVENT_ALL, 65536, record_full, &l, NULL));
+    th_ok(tasker_coordinator_start(c, 4));
+    int64_t t0 = tk_now_ns();
+    static char uuids[TASKS][TASKER_UUID_BUFSIZE];
+    maker_arg a[2] = {{c, uuids, PER_MAKER}, {c, uuids + PER_MAKER, PER_MAKER}};
+    pthread_t th[2];
+    for (int k = 0; k < 2; k++)
+        assert_int_equal(pthread_create(&th[k], NULL, make_tasks, &a[k]), 0);
+    for (int k = 0; k < 2; k++)
+        pthread_join(th[k], NULL);
+    for (int i = 0; i < TASKS; i++)
+        assert_int_equal(th_wait_final(c, uuids[i]), TASKER_TASK_COMPLETE);
+    assert_int_equal(tasker_subscription_dropped(sub), 0);
+    th_ok(tasker_unsubscribe(sub));
+    int64_t t1 = tk_now_ns();
+    assert_false(l.overflow);
+    assert_int_equal(l.n, (size_t)TASKS * CHAIN_EVENTS);
+    /* Group by task once (a linear scan per task would be quadratic). */
+    full_list one = {.cap = CHAIN_EVENTS + 1};
+    one.ev = calloc(one.cap, sizeof *one.ev);
+    assert_non_null(one.ev);
+    for (int i = 0; i < TASKS; i += 7) { /* a sample: every seventh task */
+        one.n = 0;
+        for (size_t k = 0; k < l.n && one.n < one.cap; k++)
+            if (strcmp(l.ev[k].task, uuids[i]) == 0)
+                one.ev[one.n++] = l.ev[k];
+        assert_chain_life(c, &one, uuids[i], t0, t1);
+    }
+    free(one.ev);
+    th_ok(tasker_coordinator_close(c));
+    free(l.ev);
+}
+
+/* ---- task waiters ------------------------------------------------------------ */
+
+typedef struct {
+    tasker_coordinator *c;
+    const char *uuid;
+    tasker_task_state st;
+    int rc;
+} waiter_arg;
+
+static void *wait_one(void *arg)
+{
+    waiter_arg *w = arg;
+    w->rc = tasker_task_wait(&w->st, w->c, w->uuid, 30000);
+    return NULL;
+}
+
+static void many_waiters_then_close(void **state)
+{
+    (void)state;
+    enum { WAITERS = 16, ROUNDS = 20 };
+    for (int r = 0; r < ROUNDS; r++) {
+        tasker_coordinator *c = th_open(NULL);
+        th_handler(c, "node", th_handler_node, NULL);
+        th_register(c, CHAIN);
+        unsigned long got = 0;
+        tasker_subscription *sub;
+        th_ok(tasker_subscribe(&sub, c, TASKER_EVENT_ALL, 0, count_ev, &got, NULL));
+        char uuids[WAITERS][TASKER_UUID_BUFSIZE];
+        waiter_arg w[WAITERS];
+        pthread_t th[WAITERS];
+        for (int i = 0; i < WAITERS; i++) {
+            th_create(uuids[i], c, "in", "chain", NULL);
+            w[i] = (waiter_arg){.c = c, .uuid = uuids[i], .rc = -1};
+            assert_int_equal(pthread_create(&th[i], NULL, wait_one, &w[i]), 0);
+        }
+        th_ok(tasker_coordinator_start(c, 2));
+        for (int i = 0; i < WAITERS; i++) {
+            pthread_join(th[i], NULL);
+            assert_int_equal(w[i].rc, TASKER_OK);
+            assert_int_equal(w[i].st, TASKER_TASK_COMPLETE);
+        }
+        /* Straight after the last wake-up, with the subscription still
+         * open: close stops it and delivers what is left. */
+        th_ok(tasker_coordinator_close(c));
+        assert_int_equal(got, (unsigned long)WAITERS * CHAIN_EVENTS);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -226,6 +426,8 @@ int main(void)
         cmocka_unit_test(hist_bucket_matches_linear_search),
         cmocka_unit_test(uuid_text_matches_format),
         cmocka_unit_test(event_uuids_match_task_json),
+        cmocka_unit_test(events_in_order_with_many_workers),
+        cmocka_unit_test(many_waiters_then_close),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
