@@ -1251,6 +1251,19 @@ static void jobs_ratio(double tasker, double other, const char *config, long job
          tasker / other, "ratio", &p);
 }
 
+/* mode_throughput at 1, 2 and 4 worker processes; the best median. */
+static double throughput_by_workers(void)
+{
+    static const int ws[] = {1, 2, 4};
+    double best = 0;
+    for (int i = 0; i < 3; i++) {
+        opt.workers = ws[i];
+        double v = mode_throughput();
+        best = v > best ? v : best;
+    }
+    return best;
+}
+
 /* tasker single-step jobs at 1, 2 and 4 worker processes, then
  * graphile-worker fastest and unbatched, then the ratios. */
 static void mode_jobs(void)
@@ -1259,13 +1272,7 @@ static void mode_jobs(void)
     opt.shape = "single";
     opt.tasks = (int)jobs;
     opt.concurrent = 0;
-    double best = 0;
-    int ws[] = {1, 2, 4};
-    for (int i = 0; i < 3; i++) {
-        opt.workers = ws[i];
-        double v = mode_throughput();
-        best = v > best ? v : best;
-    }
+    double best = throughput_by_workers();
     double fast = graphile("fast", jobs, opt.repeats);
     double plain = graphile("unbatched", jobs, opt.repeats);
     if (fast > 0)
@@ -1276,50 +1283,30 @@ static void mode_jobs(void)
 
 /* ---- the whole suite (bench/run postgres) -------------------------------------------------- */
 
-/* mode_throughput at 1, 2 and 4 worker processes; the best median and,
- * in *best_w, the worker count that reached it. */
-static double throughput_by_workers(int *best_w)
-{
-    static const int ws[] = {1, 2, 4};
-    double best = 0;
-    for (int i = 0; i < 3; i++) {
-        opt.workers = ws[i];
-        double v = mode_throughput();
-        if (v > best) {
-            best = v;
-            *best_w = ws[i];
-        }
-    }
-    return best;
-}
-
 static void mode_suite(void)
 {
     int R = opt.repeats, R3 = opt.repeats < 3 ? opt.repeats : 3;
     /* 1. postgres.diamond10 at 1, 2, 4 worker processes, asynchronous
      *    completions (the fastest configuration), 16 threads each. */
-    int peak_w = 1;
     opt.shape = "diamond10";
     opt.tasks = 1000;
     opt.threads = 16;
     opt.async = 1;
     opt.concurrent = 0;
-    double peak = throughput_by_workers(&peak_w);
+    throughput_by_workers();
     /* 2. The same with the default (waiting) completions, 128 threads each
      *    (a flush holds as many completions as threads wait). */
     opt.async = 0;
     opt.threads = 128;
     opt.repeats = R3;
-    int unused_w;
-    throughput_by_workers(&unused_w);
+    throughput_by_workers();
     /* 3. Sustained peak: tasks created while the workers run, at 1, 2 and
      *    4 worker processes (on a small machine the producers, the workers
      *    and the server share the CPUs, so the best count can differ). */
     opt.async = 1;
     opt.threads = 16;
     opt.concurrent = 1;
-    int sustained_w = peak_w;
-    double sustained = throughput_by_workers(&sustained_w);
+    double sustained = throughput_by_workers();
     opt.concurrent = 0;
     /* 4. Ready -> start latency at half of the sustained peak (the highest
      *    rate the system keeps up with while it also creates the tasks), at
@@ -1337,7 +1324,6 @@ static void mode_suite(void)
         opt.workers = lw[i];
         mode_latency();
     }
-    (void)peak;
     /* 5. Readiness: C counters vs the SQL function. */
     opt.repeats = R3;
     mode_readiness();
