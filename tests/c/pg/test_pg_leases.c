@@ -442,12 +442,6 @@ static void test_batches_look_up_each_key(void **state)
 
 /* ---- postgres.namespaces -------------------------------------------------------- */
 
-static int count_handler(tasker_step *step, void *ud)
-{
-    th_counter_add(ud, 1);
-    return tasker_step_succeed(step, NULL, 0);
-}
-
 /* postgres.namespaces restricts the claims themselves: a worker for one
  * namespace leaves the steps of another alone although it has a handler of
  * that name.  A bad name is refused at open, naming the key. */
@@ -471,7 +465,7 @@ static void test_namespaces_key_limits_claims(void **state)
     th_counter_init(&n);
     tasker_coordinator *only_b =
         th_open("store", "postgres", "database.url", url, "postgres.namespaces", " ns_b ", NULL);
-    th_handler(only_b, "shared", count_handler, &n);
+    th_handler(only_b, "shared", th_handler_count, &n);
     th_register(only_b, "{\"namespace\":\"ns_a\",\"name\":\"t\",\"steps\":["
                         "{\"name\":\"s\",\"handler\":\"shared\"}]}");
     th_register(only_b, "{\"namespace\":\"ns_b\",\"name\":\"t\",\"steps\":["
@@ -487,7 +481,7 @@ static void test_namespaces_key_limits_claims(void **state)
     th_ok(tasker_coordinator_close(only_b));
 
     tasker_coordinator *any = pgt_open(url);
-    th_handler(any, "shared", count_handler, &n);
+    th_handler(any, "shared", th_handler_count, &n);
     th_ok(tasker_coordinator_start(any, 1));
     assert_int_equal(th_wait_final(any, ua), TASKER_TASK_COMPLETE);
     assert_int_equal(th_counter_get(&n), 2);
