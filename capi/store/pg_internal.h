@@ -29,7 +29,7 @@
 #include "store/postgres.h"
 
 /* The schema version this library needs (sql/NNNN_*.sql). */
-#define TK_PG_SCHEMA_VERSION 7
+#define TK_PG_SCHEMA_VERSION 8
 
 #define TK_PG_POOL_MAX 4
 #define TK_PG_RETAIN_MAX 4096 /* finished handles kept readable */

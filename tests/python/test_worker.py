@@ -152,7 +152,7 @@ class Env:
         """Steps in progress in the whole database, read in one snapshot."""
         import _pg
 
-        return int(_pg.psql(self.url, sql="SELECT count(*) FROM tasker.steps WHERE state = 2"))
+        return int(_pg.psql(self.url, sql="SELECT count(*) FROM tasker.steps_current WHERE state = 2"))
 
     def check_each_step_completed_once(self, handles):
         """Every task complete; every step reached `complete` exactly once."""

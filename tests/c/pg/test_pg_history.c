@@ -281,6 +281,144 @@ static void test_rows_from_before_keep_their_history(void **state)
     th_ok(tasker_coordinator_close(coord));
 }
 
+static const char *one = "{\"namespace\":\"hist\",\"name\":\"one\",\"steps\":["
+                         "{\"name\":\"x\",\"handler\":\"polled\"}]}";
+
+/* A coordinator whose step x is claimed by the test (a polled handler). */
+static tasker_coordinator *poller(tasker_coordinator *coord)
+{
+    th_handler(coord, "polled", NULL, NULL);
+    th_register(coord, one);
+    return coord;
+}
+
+static const char *jstr(json_t *o, const char *key)
+{
+    return json_string_value(json_object_get(o, key));
+}
+
+/* A step's first attempt is claimed on its queue row alone
+ * (sql/0008_lean_claim.sql): the step row stays enqueued and the task row
+ * pending, yet every reader sees the step in progress and the task
+ * running, and the finished task's history is the memory store's. */
+static void test_a_claim_writes_the_queue_row_only(void **state)
+{
+    (void)state;
+    pgt_require();
+    tasker_coordinator *coord = poller(pgt_open(url));
+    char uuid[TASKER_UUID_BUFSIZE];
+    th_create(uuid, coord, "hist", "one", NULL);
+    tasker_step *step = th_claim_one(coord);
+
+    assert_int_equal(pgt_num("SELECT s.state FROM tasker.steps s JOIN tasker.tasks t "
+                             "ON t.id = s.task_id WHERE t.uuid = $1::uuid",
+                             uuid),
+                     1);
+    assert_int_equal(pgt_num("SELECT state FROM tasker.tasks WHERE uuid = $1::uuid", uuid), 0);
+    assert_int_equal(th_task_state(coord, uuid), TASKER_TASK_RUNNING);
+    json_t *t = th_task(coord, uuid);
+    assert_string_equal(jstr(t, "state"), "running");
+    assert_string_equal(th_step_state(t, "x"), "in_progress");
+    assert_int_equal(th_step_attempts(t, "x"), 1);
+    char *started = strdup(jstr(th_step(t, "x"), "started_at"));
+    char *p = path_of(t, "x");
+    assert_string_equal(p, "pending>enqueued/0/dependencies_met enqueued>in_progress/1/claimed");
+    free(p);
+    p = path_of(t, "");
+    assert_string_equal(p, "->pending/0/created pending>running/0/started");
+    free(p);
+    json_decref(t);
+    char *why = pgt_str("SELECT reason FROM tasker.step_readiness($1::uuid)", uuid);
+    assert_string_equal(why, "in progress (attempt 1)");
+    free(why);
+    assert_int_equal(pgt_num("SELECT tasks FROM tasker.task_counts() "
+                             "WHERE namespace = 'hist' AND state = 'running'"),
+                     1);
+    assert_int_equal(pgt_num("SELECT count(*) FROM tasker.steps_current s JOIN tasker.tasks t "
+                             "ON t.id = s.task_id WHERE t.uuid = $1::uuid AND s.state = 2 "
+                             "AND s.worker_id IS NOT NULL",
+                             uuid),
+                     1);
+
+    th_ok(tasker_step_succeed(step, "{\"ok\": true}", 0));
+    assert_int_equal(th_wait_final(coord, uuid), TASKER_TASK_COMPLETE);
+    json_t *pg = th_task(coord, uuid);
+    assert_string_equal(jstr(th_step(pg, "x"), "started_at"), started);
+    free(started);
+    tasker_coordinator *m = poller(th_open(NULL));
+    char muuid[TASKER_UUID_BUFSIZE];
+    th_create(muuid, m, "hist", "one", NULL);
+    th_ok(tasker_step_succeed(th_claim_one(m), "{\"ok\": true}", 0));
+    assert_int_equal(th_wait_final(m, muuid), TASKER_TASK_COMPLETE);
+    json_t *mem = th_task(m, muuid);
+    th_ok(tasker_coordinator_close(m));
+    assert_same_history(pg, mem, (const char *const[]){"", "x", NULL});
+    assert_int_equal(rows_of(uuid, NULL), 0);
+    json_decref(pg);
+    json_decref(mem);
+    th_ok(tasker_coordinator_close(coord));
+}
+
+/* Cancelling a task whose step is claimed on its queue row: the claim is
+ * written first, so the history is the memory store's (claimed, then
+ * cancelled), and the late result is refused on both. */
+static void test_cancel_of_a_claim_on_the_queue_row(void **state)
+{
+    (void)state;
+    pgt_require();
+    tasker_coordinator *stores[2] = {poller(pgt_open(url)), poller(th_open(NULL))};
+    json_t *tasks[2];
+    for (int i = 0; i < 2; i++) {
+        char uuid[TASKER_UUID_BUFSIZE];
+        th_create(uuid, stores[i], "hist", "one", NULL);
+        tasker_step *step = th_claim_one(stores[i]);
+        th_ok(tasker_task_cancel(stores[i], uuid));
+        assert_int_equal(tasker_step_succeed(step, NULL, 0), TASKER_ESTATE);
+        tasks[i] = th_task(stores[i], uuid);
+        assert_string_equal(jstr(tasks[i], "state"), "cancelled");
+        if (i == 0)
+            assert_int_equal(rows_of(uuid, NULL),
+                             (long long)json_array_size(json_object_get(tasks[i], "transitions")));
+    }
+    char *p = path_of(tasks[0], "x");
+    assert_string_equal(p, "pending>enqueued/0/dependencies_met enqueued>in_progress/1/claimed "
+                           "in_progress>cancelled/1/cancelled");
+    free(p);
+    assert_same_history(tasks[0], tasks[1], (const char *const[]){"", "x", NULL});
+    for (int i = 0; i < 2; i++) {
+        json_decref(tasks[i]);
+        th_ok(tasker_coordinator_close(stores[i]));
+    }
+}
+
+/* A claim on the queue row released at close (the attempt counts), then
+ * claimed again by another coordinator and completed: released and
+ * claimed again in the history. */
+static void test_release_of_a_claim_on_the_queue_row(void **state)
+{
+    (void)state;
+    pgt_require();
+    tasker_coordinator *a = poller(pgt_open(url));
+    char uuid[TASKER_UUID_BUFSIZE];
+    th_create(uuid, a, "hist", "one", NULL);
+    tasker_step *step = th_claim_one(a);
+    th_ok(tasker_coordinator_close(a)); /* the step still held: released */
+    assert_int_equal(tasker_step_succeed(step, NULL, 0), TASKER_ECLOSED);
+    tasker_coordinator *b = poller(pgt_open(url));
+    tasker_step *again = th_claim_one(b);
+    assert_int_equal(tasker_step_attempt(again), 2);
+    th_ok(tasker_step_succeed(again, NULL, 0));
+    assert_int_equal(th_wait_final(b, uuid), TASKER_TASK_COMPLETE);
+    json_t *t = th_task(b, uuid);
+    char *p = path_of(t, "x");
+    assert_string_equal(p, "pending>enqueued/0/dependencies_met enqueued>in_progress/1/claimed "
+                           "in_progress>enqueued/1/released enqueued>in_progress/2/claimed "
+                           "in_progress>complete/2/succeeded");
+    free(p);
+    json_decref(t);
+    th_ok(tasker_coordinator_close(b));
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -296,6 +434,10 @@ int main(void)
         cmocka_unit_test(test_usual_task_writes_no_rows),
         cmocka_unit_test(test_a_failure_writes_what_the_row_stood_for),
         cmocka_unit_test(test_cancel_writes_what_the_rows_stood_for),
+        cmocka_unit_test(test_a_claim_writes_the_queue_row_only),
+        cmocka_unit_test(test_cancel_of_a_claim_on_the_queue_row),
+        cmocka_unit_test(test_release_of_a_claim_on_the_queue_row),
+        /* Last: it leaves the helpers' queries on another database. */
         cmocka_unit_test(test_rows_from_before_keep_their_history),
     };
     int rc = cmocka_run_group_tests(tests, setup, NULL);
