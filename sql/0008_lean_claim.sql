@@ -25,12 +25,18 @@
 -- written history (the `hist` flag) are claimed as before.
 --
 -- Also: template_steps carries its namespace, template name and version, so
--- a claim reads one template row per step instead of three.
+-- a claim reads one template row per step instead of three.  Ages in
+-- milliseconds are computed in float8 (date_part): extract() computes in
+-- numeric, which cost more than a microsecond per step.
 BEGIN;
 DO $$ BEGIN PERFORM pg_advisory_xact_lock(7366231101); END $$;
 
 ALTER TABLE tasker.queue ADD COLUMN IF NOT EXISTS leased_at timestamptz;
 UPDATE tasker.queue SET leased_at = now() WHERE leased_by IS NOT NULL AND leased_at IS NULL;
+-- Whether the row's step has dependents: a completion counts them down only
+-- then.  Rows from before (and rows written by the rarer paths, which leave
+-- the default) say true, which is always safe.
+ALTER TABLE tasker.queue ADD COLUMN IF NOT EXISTS has_dependents boolean NOT NULL DEFAULT true;
 
 ALTER TABLE tasker.template_steps ADD COLUMN IF NOT EXISTS namespace text;
 ALTER TABLE tasker.template_steps ADD COLUMN IF NOT EXISTS template_name text;
@@ -152,6 +158,91 @@ FOR EACH ROW WHEN (NOT OLD.hist AND NOT NEW.hist AND NOT (
     (OLD.state = 1 AND NEW.state IN (2, 4) AND OLD.attempts = 0) OR
     (OLD.state = 2 AND NEW.state = 4)))
 EXECUTE FUNCTION tasker._step_hist();
+
+-- tasker.create_task (0007): queue rows say whether their step has dependents.
+CREATE OR REPLACE FUNCTION tasker.create_task(p_ns text, p_name text, p_version text,
+                                              p_context text, p_key text, p_priority int)
+RETURNS TABLE (status int, task_uuid uuid, detail text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now   timestamptz := now();
+    v_tid   int;
+    v_nsid  int;
+    v_n     int;
+    v_roots int;
+    v_id    bigint;
+    v_uuid  uuid;
+    v_other record;
+BEGIN
+    IF p_version IS NULL THEN
+        SELECT l.template_id, l.namespace_id INTO v_tid, v_nsid
+        FROM tasker.template_latest l JOIN tasker.namespaces n ON n.id = l.namespace_id
+        WHERE n.name = p_ns AND l.name = p_name;
+    ELSE
+        SELECT t.id, t.namespace_id INTO v_tid, v_nsid
+        FROM tasker.templates t JOIN tasker.namespaces n ON n.id = t.namespace_id
+        WHERE n.name = p_ns AND t.name = p_name AND t.version = p_version;
+    END IF;
+    IF v_tid IS NULL THEN
+        RETURN QUERY SELECT 2, NULL::uuid, NULL::text;
+        RETURN;
+    END IF;
+    SELECT t.n_steps, (SELECT count(*) FROM tasker.template_steps ts
+                       WHERE ts.template_id = t.id AND cardinality(ts.dep_idx) = 0)
+    INTO v_n, v_roots FROM tasker.templates t WHERE t.id = v_tid;
+
+    IF p_key IS NULL THEN
+        -- Without a key there is no conflict to handle: a plain insert.
+        INSERT INTO tasker.tasks (uuid, template_id, namespace_id, state, priority,
+                                  idempotency_key, context, n_steps, n_active, created_at)
+        VALUES (tasker.uuid_v7(v_now), v_tid, v_nsid, 0, p_priority, NULL,
+                coalesce(p_context, '{}')::json, v_n, v_roots, v_now)
+        RETURNING id, uuid INTO v_id, v_uuid;
+    END IF;
+    WHILE v_id IS NULL LOOP
+        SELECT t.uuid, t.template_id, n.name || '/' || tp.name || '@' || tp.version AS key
+        INTO v_other
+        FROM tasker.tasks t JOIN tasker.templates tp ON tp.id = t.template_id
+             JOIN tasker.namespaces n ON n.id = tp.namespace_id
+        WHERE t.idempotency_key = p_key;
+        IF FOUND THEN
+            IF v_other.template_id = v_tid THEN
+                RETURN QUERY SELECT 1, v_other.uuid, NULL::text;
+            ELSE
+                RETURN QUERY SELECT 3, v_other.uuid, v_other.key;
+            END IF;
+            RETURN;
+        END IF;
+        INSERT INTO tasker.tasks (uuid, template_id, namespace_id, state, priority,
+                                  idempotency_key, context, n_steps, n_active, created_at)
+        VALUES (tasker.uuid_v7(v_now), v_tid, v_nsid, 0, p_priority, p_key,
+                coalesce(p_context, '{}')::json, v_n, v_roots, v_now)
+        ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING id, uuid INTO v_id, v_uuid;
+        -- No row: a concurrent create with the same key committed first;
+        -- look it up again (a new statement sees its row).
+    END LOOP;
+
+    INSERT INTO tasker.steps (task_id, idx, uuid, state, budget, remaining, enqueued_at)
+    SELECT v_id, ts.idx, tasker.uuid_v7(v_now),
+           CASE WHEN cardinality(ts.dep_idx) = 0 THEN 1 ELSE 0 END,
+           ts.max_attempts, cardinality(ts.dep_idx),
+           CASE WHEN cardinality(ts.dep_idx) = 0 THEN v_now END
+    FROM tasker.template_steps ts WHERE ts.template_id = v_tid;
+
+    INSERT INTO tasker.queue (task_id, step_idx, namespace_id, handler, priority, visible_at,
+                              enqueued_at, has_dependents)
+    SELECT v_id, ts.idx, v_nsid, ts.handler, p_priority, v_now, v_now,
+           cardinality(ts.dependents) > 0
+    FROM tasker.template_steps ts
+    WHERE ts.template_id = v_tid AND cardinality(ts.dep_idx) = 0;
+
+    IF v_roots > 0 AND NOT tasker._quiet() THEN
+        PERFORM pg_notify('tasker_ready', '');
+    END IF;
+    RETURN QUERY SELECT 0, v_uuid, NULL::text;
+END
+$$;
 
 -- tasker.claim_ns (0007): a step's first attempt is claimed on its queue row alone;
 -- the template's names come from template_steps.
@@ -284,7 +375,7 @@ BEGIN
                           JOIN tasker.steps d ON d.task_id = c.task_id AND d.idx = u.i
                      ORDER BY u.o) ELSE '{}' END,
            ts.template_version, ts.timeout_ms,
-           greatest(extract(epoch FROM v_now - coalesce(c.enqueued_at, v_now)) * 1000, 0)::float8
+           greatest(date_part('epoch', v_now - coalesce(c.enqueued_at, v_now)) * 1000, 0)
     FROM c JOIN tasker.template_steps ts ON ts.template_id = c.template_id AND ts.idx = c.idx;
     GET DIAGNOSTICS v_rows = ROW_COUNT;
 
@@ -315,6 +406,11 @@ DECLARE
     v_now   timestamptz := now();
     v_ord   int[];
     v_st    bigint[];
+    v_ss    timestamptz[];
+    v_dt    bigint[];
+    v_di    int[];
+    v_rt    bigint[];
+    v_ts    timestamptz[];
     v_si    int[];
     v_ready int;
     v_t     bigint[];
@@ -339,7 +435,8 @@ BEGIN
         WHERE q.task_id = u.tid AND q.step_idx = u.idx AND u.okf
           AND q.attempt = u.att AND q.leased_by IS NOT NULL
           AND q.visible_at - v_now > interval '0'
-        RETURNING u.o::int AS o, q.task_id, q.step_idx, q.attempt, q.leased_by, q.leased_at),
+        RETURNING u.o::int AS o, q.task_id, q.step_idx, q.attempt, q.leased_by, q.leased_at,
+                  q.has_dependents),
     -- A step still enqueued was claimed on its queue row alone: its claim
     -- is written now, with its result.
     s AS (
@@ -348,14 +445,16 @@ BEGIN
             started_at = CASE WHEN s.state = 1 THEN dq.leased_at ELSE s.started_at END,
             worker_id = CASE WHEN s.state = 1 THEN dq.leased_by ELSE s.worker_id END
         FROM dq WHERE s.task_id = dq.task_id AND s.idx = dq.step_idx
-        RETURNING s.task_id, s.idx, s.attempts, s.hist, dq.o),
+        RETURNING s.task_id, s.idx, s.attempts, s.hist, s.started_at, dq.o, dq.has_dependents),
     tr AS (
         INSERT INTO tasker.transitions (task_id, step_idx, at, from_state, to_state, attempt,
                                         reason, worker_id)
         SELECT s.task_id, s.idx, v_now, 2, 4, s.attempts, 9, p_worker FROM s WHERE s.hist
         ORDER BY s.task_id, s.idx)
-    SELECT array_agg(s.task_id), array_agg(s.idx), coalesce(array_agg(s.o), '{}')
-    INTO v_st, v_si, v_ord FROM s;
+    SELECT array_agg(s.task_id), array_agg(s.idx), array_agg(s.started_at),
+           coalesce(array_agg(s.o), '{}'), array_agg(s.task_id) FILTER (WHERE s.has_dependents),
+           array_agg(s.idx) FILTER (WHERE s.has_dependents)
+    INTO v_st, v_si, v_ss, v_ord, v_dt, v_di FROM s;
 
     -- Failures whose attempt still holds its lease, locked in key order.
     IF false = ANY(p_ok) THEN
@@ -376,10 +475,11 @@ BEGIN
     IF cardinality(v_ord) > 0 THEN
 
         -- Their dependents count down; those reaching zero are enqueued.
-        IF v_st IS NOT NULL THEN
+        -- (Only steps with dependents: their queue rows say so.)
+        IF v_dt IS NOT NULL THEN
             WITH dep AS (
                 SELECT k.tid, d.idx, count(*)::int AS n
-                FROM unnest(v_st, v_si) AS k(tid, idx)
+                FROM unnest(v_dt, v_di) AS k(tid, idx)
                      JOIN tasker.tasks t ON t.id = k.tid
                      JOIN tasker.template_steps ts ON ts.template_id = t.template_id AND ts.idx = k.idx
                      CROSS JOIN unnest(ts.dependents) AS d(idx)
@@ -398,32 +498,36 @@ BEGIN
                           st.hist),
             rdy AS (
                 SELECT d.task_id, d.idx, d.attempts, t.namespace_id, t.priority, ts.handler,
-                       t.created_at, d.hist
+                       t.created_at, d.hist, cardinality(ts.dependents) > 0 AS has_dependents
                 FROM d JOIN tasker.tasks t ON t.id = d.task_id
                        JOIN tasker.template_steps ts ON ts.template_id = t.template_id AND ts.idx = d.idx
                 WHERE d.state = 1 AND d.remaining = 0 AND d.enqueued_at = v_now),
             qi AS (
                 INSERT INTO tasker.queue (task_id, step_idx, namespace_id, handler, priority,
-                                          visible_at, enqueued_at)
+                                          visible_at, enqueued_at, has_dependents)
                 -- Visible since the task was created: claims go by priority,
                 -- then by the age of the task, so the steps of tasks under way
                 -- come before the first steps of newer ones (and the claim
                 -- in this same transaction takes them first).
                 SELECT r.task_id, r.idx, r.namespace_id, r.handler, r.priority,
-                       least(r.created_at, v_now), v_now FROM rdy r),
+                       least(r.created_at, v_now), v_now, r.has_dependents FROM rdy r),
             tr AS (
                 INSERT INTO tasker.transitions (task_id, step_idx, at, from_state, to_state,
                                                 attempt, reason, worker_id)
                 SELECT r.task_id, r.idx, v_now, 0, 1, r.attempts, 7, p_worker FROM rdy r
-                WHERE r.hist ORDER BY r.task_id, r.idx),
-            per AS (
-                SELECT k.tid, 1 AS dn, -1 AS da FROM unnest(v_st) AS k(tid)
-                UNION ALL
-                SELECT r.task_id, 0, 1 FROM rdy r)
-            SELECT array_agg(per.tid), array_agg(per.dn), array_agg(per.da),
-                   (SELECT count(*) FROM rdy)::int,
-                   (SELECT array_agg(DISTINCT r.handler ORDER BY r.handler) FROM rdy r)
-            INTO v_t, v_dn, v_da, v_ready, v_rh FROM per;
+                WHERE r.hist ORDER BY r.task_id, r.idx)
+            SELECT array_agg(r.task_id), count(*)::int,
+                   array_agg(DISTINCT r.handler ORDER BY r.handler)
+            INTO v_rt, v_ready, v_rh FROM rdy r;
+        END IF;
+        -- Per task: steps done and no longer active, steps made ready.
+        IF v_st IS NOT NULL THEN
+            v_t := v_st || coalesce(v_rt, '{}');
+            v_dn := array_fill(1, ARRAY[cardinality(v_st)])
+                    || array_fill(0, ARRAY[coalesce(cardinality(v_rt), 0)]);
+            v_da := array_fill(-1, ARRAY[cardinality(v_st)])
+                    || array_fill(1, ARRAY[coalesce(cardinality(v_rt), 0)]);
+            v_ts := v_ss;
             v_de := array_fill(0, ARRAY[cardinality(v_t)]);
         END IF;
 
@@ -487,7 +591,7 @@ BEGIN
         FROM x;
         END IF;
 
-        PERFORM tasker._tasks_apply(v_t, v_dn, v_da, v_de, p_worker);
+        PERFORM tasker._tasks_apply(v_t, v_dn, v_da, v_de, p_worker, v_ts);
 
         IF tasker._deferring() THEN
             -- The caller notifies after its commit (tasker.complete_steps_ev
@@ -542,9 +646,12 @@ $$;
 
 
 
--- tasker._tasks_apply (0007): a pending task with progress is running.
+-- tasker._tasks_apply (0007): a pending task with progress is running, since
+-- the first claim of its steps; p_started[k] is when the step of entry k
+-- started, if known (a one-step task needs nothing else).
 CREATE OR REPLACE FUNCTION tasker._tasks_apply(p_ids bigint[], p_done int[], p_active int[],
-                                               p_error int[], p_worker int)
+                                               p_error int[], p_worker int,
+                                               p_started timestamptz[])
 RETURNS void LANGUAGE plpgsql
 SET enable_seqscan = off AS $$
 DECLARE
@@ -557,8 +664,9 @@ BEGIN
         RETURN;
     END IF;
     WITH d AS (
-        SELECT u.id, sum(u.dn)::int AS dn, sum(u.da)::int AS da, sum(u.de)::int AS de
-        FROM unnest(p_ids, p_done, p_active, p_error) AS u(id, dn, da, de)
+        SELECT u.id, sum(u.dn)::int AS dn, sum(u.da)::int AS da, sum(u.de)::int AS de,
+               min(u.st) AS started
+        FROM unnest(p_ids, p_done, p_active, p_error, p_started) AS u(id, dn, da, de, st)
         GROUP BY u.id ORDER BY u.id),
     upd AS (
         UPDATE tasker.tasks t
@@ -569,14 +677,14 @@ BEGIN
                          ELSE t.state END,
             finished_at = CASE WHEN t.state IN (0, 1) AND t.n_active + d.da = 0
                                THEN v_now ELSE t.finished_at END,
-            -- A pending task's steps were claimed on queue rows alone: it
-            -- started with the first of them.
-            started_at = CASE WHEN t.state = 0 THEN coalesce(t.started_at, least(
-                             (SELECT min(st.started_at) FROM tasker.steps st
-                              WHERE st.task_id = t.id),
-                             (SELECT min(q.leased_at) FROM tasker.queue q
-                              WHERE q.task_id = t.id AND q.leased_by IS NOT NULL)))
-                              ELSE t.started_at END
+            started_at = CASE
+                WHEN t.state <> 0 OR t.started_at IS NOT NULL THEN t.started_at
+                WHEN t.n_steps = 1 AND d.started IS NOT NULL THEN d.started
+                ELSE least(d.started,
+                           (SELECT min(st.started_at) FROM tasker.steps st
+                            WHERE st.task_id = t.id),
+                           (SELECT min(q.leased_at) FROM tasker.queue q
+                            WHERE q.task_id = t.id AND q.leased_by IS NOT NULL)) END
         FROM d WHERE t.id = d.id
         RETURNING t.id, t.uuid, t.state, t.finished_at, t.created_at, t.hist),
     fin AS (
@@ -592,7 +700,7 @@ BEGIN
     INTO v_n, v_fin
     FROM (SELECT CASE WHEN v_defer THEN 1 ELSE tasker._notify('tasker_done', fin.uuid::text) END,
                  fin.id, fin.state,
-                 (extract(epoch FROM v_now - fin.created_at) * 1000)::float8 AS age
+                 date_part('epoch', v_now - fin.created_at) * 1000 AS age
           FROM fin) x;
     IF v_fin IS NOT NULL THEN
         PERFORM set_config('tasker.finished',
@@ -602,7 +710,12 @@ BEGIN
 END
 $$;
 
-
+-- The callers of the unusual paths, which know no start times.
+CREATE OR REPLACE FUNCTION tasker._tasks_apply(p_ids bigint[], p_done int[], p_active int[],
+                                               p_error int[], p_worker int)
+RETURNS void LANGUAGE sql AS $$
+    SELECT tasker._tasks_apply(p_ids, p_done, p_active, p_error, p_worker, NULL)
+$$;
 
 -- tasker._lease_expired (0003): the claim into the step row first.
 CREATE OR REPLACE FUNCTION tasker._lease_expired(p_task_id bigint, p_idx int, p_worker int)
