@@ -247,9 +247,15 @@ static void pf_list(params *p, const char *key, const double *v, size_t n, const
     pf(p, "%s", buf);
 }
 
+/* Set while the paired rounds of mode_jobs run: their single runs are
+ * reported only as the round's figures. */
+static int quiet;
+
 static void emit(const char *bench, const char *metric, double value, const char *unit,
                  const params *p)
 {
+    if (quiet)
+        return;
     printf("{\"bench\": \"%s\", \"metric\": \"%s\", \"value\": %.6g, \"unit\": \"%s\", "
            "\"params\": {%s%s\"stat\": \"median\", \"repeats\": %d, %s, \"build_type\": \"%s\", "
            "\"c_flags\": \"%s\", \"tasker_version\": \"%s\", \"loadavg_1m\": %.2f}}\n",
@@ -1232,7 +1238,8 @@ static double graphile(const char *config, long jobs, int repeats)
         fprintf(stderr, "bench_pg: no result from graphile-worker (%s): %s\n", config, buf);
         return 0;
     }
-    fputs(buf, stdout);
+    if (!quiet)
+        fputs(buf, stdout);
     if (n && buf[n - 1] != '\n')
         fputs("\n", stdout);
     fflush(stdout);
@@ -1251,34 +1258,86 @@ static void jobs_ratio(double tasker, double other, const char *config, long job
          tasker / other, "ratio", &p);
 }
 
-/* mode_throughput at 1, 2 and 4 worker processes; the best median. */
-static double throughput_by_workers(void)
+/* mode_throughput at 1, 2 and 4 worker processes; the best median (and,
+ * if asked, its worker count). */
+static double throughput_by_workers_at(int *best_workers)
 {
     static const int ws[] = {1, 2, 4};
     double best = 0;
     for (int i = 0; i < 3; i++) {
         opt.workers = ws[i];
         double v = mode_throughput();
+        if (v > best && best_workers)
+            *best_workers = ws[i];
         best = v > best ? v : best;
     }
     return best;
 }
 
+static double throughput_by_workers(void)
+{
+    return throughput_by_workers_at(NULL);
+}
+
+/* tasker and graphile-worker fastest back to back, opt.repeats rounds,
+ * the order alternating: this machine's speed drifts from minute to
+ * minute, so a ratio is taken within a round, not between two series run
+ * minutes apart.  The figure is the median of the rounds' ratios. */
+static void jobs_rounds(long jobs, int workers)
+{
+    int R = opt.repeats;
+    double *t = calloc((size_t)R, sizeof *t), *g = calloc((size_t)R, sizeof *g);
+    double *ratio = calloc((size_t)R, sizeof *ratio);
+    opt.repeats = 1;
+    opt.workers = workers;
+    quiet = 1;
+    for (int r = 0; r < R; r++) {
+        if (r % 2 == 0)
+            t[r] = mode_throughput();
+        g[r] = graphile("fast", jobs, 1);
+        if (r % 2 == 1)
+            t[r] = mode_throughput();
+        ratio[r] = g[r] > 0 ? t[r] / g[r] : 0;
+        fprintf(stderr, "bench_pg: jobs round %d: tasker %.0f, graphile-worker %.0f, ratio %.3f\n",
+                r + 1, t[r], g[r], ratio[r]);
+    }
+    quiet = 0;
+    opt.repeats = R;
+    params p = {0};
+    pf(&p, "\"tasker_workers\": %d, \"graphile_worker_config\": \"local_queue+batched_completion\", "
+           "\"jobs\": %ld", workers, jobs);
+    pf(&p, "\"meaning\": \"tasker single-step jobs/s (at its best worker count) divided by "
+           "graphile-worker jobs/s, run back to back in each round (order alternating); median of "
+           "the rounds\"");
+    pf_list(&p, "all", ratio, (size_t)R, "%.3f");
+    pf_list(&p, "tasker_jobs_per_s_all", t, (size_t)R, "%.0f");
+    pf_list(&p, "graphile_worker_jobs_per_s_all", g, (size_t)R, "%.0f");
+    emit("postgres.jobs", "ratio_vs_graphile_worker_fastest_paired", median(ratio, (size_t)R), "ratio",
+         &p);
+    free(t);
+    free(g);
+    free(ratio);
+}
+
 /* tasker single-step jobs at 1, 2 and 4 worker processes, then
- * graphile-worker fastest and unbatched, then the ratios. */
+ * graphile-worker fastest and unbatched, then the ratios; then paired
+ * rounds at tasker's best worker count. */
 static void mode_jobs(void)
 {
     long jobs = opt.tasks > 0 ? opt.tasks : 20000;
     opt.shape = "single";
     opt.tasks = (int)jobs;
     opt.concurrent = 0;
-    double best = throughput_by_workers();
+    int workers = 1;
+    double best = throughput_by_workers_at(&workers);
     double fast = graphile("fast", jobs, opt.repeats);
     double plain = graphile("unbatched", jobs, opt.repeats);
     if (fast > 0)
         jobs_ratio(best, fast, "local_queue+batched_completion", jobs);
     if (plain > 0)
         jobs_ratio(best, plain, "unbatched", jobs);
+    if (fast > 0)
+        jobs_rounds(jobs, workers);
 }
 
 /* ---- the whole suite (bench/run postgres) -------------------------------------------------- */
