@@ -37,7 +37,10 @@ static const struct {
                         "SELECT (extract(epoch FROM tasker.next_due($1::text[])) * 1000)::bigint"},
     [TK_PS_CREATE] = {"tk_create", "SELECT * FROM tasker.create_task($1::text, $2::text, "
                                    "$3::text, $4::text, $5::text, $6::int)"},
-    [TK_PS_TASK_STATE] = {"tk_task_state", "SELECT state FROM tasker.tasks_current WHERE uuid = $1::uuid"},
+    /* tasks_current: a task whose steps are claimed on their queue rows
+     * alone is running (sql/0008_lean_claim.sql). */
+    [TK_PS_TASK_STATE] = {"tk_task_state",
+                          "SELECT state FROM tasker.tasks_current WHERE uuid = $1::uuid"},
     [TK_PS_TASK_JSON] = {"tk_task_json", "SELECT tasker.task_json($1::uuid)"},
     [TK_PS_CANCEL] = {"tk_cancel", "SELECT * FROM tasker.cancel_task_ev($1::uuid)"},
     [TK_PS_RETRY] = {"tk_retry", "SELECT * FROM tasker.retry_task($1::uuid)"},
