@@ -925,12 +925,28 @@ $$;
 
 
 
+-- Counted from the rows, then the pending tasks with a leased queue row
+-- (few: the queue holds only what is ready or in flight) moved to running,
+-- so that a large backlog costs no lookup per task.
 CREATE OR REPLACE FUNCTION tasker.task_counts()
 RETURNS TABLE (namespace text, state text, tasks bigint)
 LANGUAGE sql STABLE AS $$
-    SELECT n.name, tasker.task_state_name(t.state), count(*)
-    FROM tasker.tasks_current t JOIN tasker.namespaces n ON n.id = t.namespace_id
-    GROUP BY n.name, t.state ORDER BY n.name, t.state
+    WITH raw AS (
+        SELECT t.namespace_id, t.state, count(*) AS n FROM tasker.tasks t GROUP BY 1, 2),
+    lean AS (
+        SELECT t.namespace_id, count(*) AS n FROM tasker.tasks t
+        WHERE t.state = 0
+          AND t.id IN (SELECT q.task_id FROM tasker.queue q WHERE q.leased_by IS NOT NULL)
+        GROUP BY 1),
+    adj AS (
+        SELECT r.namespace_id, r.state,
+               r.n - CASE WHEN r.state = 0 THEN coalesce(l.n, 0) ELSE 0 END AS n
+        FROM raw r LEFT JOIN lean l ON l.namespace_id = r.namespace_id
+        UNION ALL
+        SELECT l.namespace_id, 1::smallint, l.n FROM lean l)
+    SELECT n.name, tasker.task_state_name(a.state), sum(a.n)::bigint
+    FROM adj a JOIN tasker.namespaces n ON n.id = a.namespace_id
+    GROUP BY n.name, a.state HAVING sum(a.n) > 0 ORDER BY n.name, a.state
 $$;
 
 INSERT INTO tasker.schema_version (version, name) VALUES (8, 'lean_claim')

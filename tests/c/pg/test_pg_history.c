@@ -334,6 +334,9 @@ static void test_a_claim_writes_the_queue_row_only(void **state)
     assert_int_equal(pgt_num("SELECT tasks FROM tasker.task_counts() "
                              "WHERE namespace = 'hist' AND state = 'running'"),
                      1);
+    assert_int_equal(pgt_num("SELECT count(*) FROM tasker.task_counts() "
+                             "WHERE namespace = 'hist' AND state = 'pending'"),
+                     0);
     assert_int_equal(pgt_num("SELECT count(*) FROM tasker.steps_current s JOIN tasker.tasks t "
                              "ON t.id = s.task_id WHERE t.uuid = $1::uuid AND s.state = 2 "
                              "AND s.worker_id IS NOT NULL",
