@@ -159,6 +159,14 @@ FOR EACH ROW WHEN (NOT OLD.hist AND NOT NEW.hist AND NOT (
     (OLD.state = 2 AND NEW.state = 4)))
 EXECUTE FUNCTION tasker._step_hist();
 
+-- tasker.uuid_v7 (0002): the milliseconds in float8 (see the top).
+CREATE OR REPLACE FUNCTION tasker.uuid_v7(at timestamptz DEFAULT clock_timestamp()) RETURNS uuid
+LANGUAGE sql VOLATILE PARALLEL SAFE AS $$
+    SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
+                  PLACING substring(int8send((date_part('epoch', at) * 1000)::bigint) FROM 3)
+                  FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid
+$$;
+
 -- tasker.create_task (0007): queue rows say whether their step has dependents.
 CREATE OR REPLACE FUNCTION tasker.create_task(p_ns text, p_name text, p_version text,
                                               p_context text, p_key text, p_priority int)
