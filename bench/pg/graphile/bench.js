@@ -2,7 +2,8 @@
 // postgres.jobs benchmark (bench/run postgres).
 //
 //   node bench.js --database-url postgres://user@host:port/db [--jobs N]
-//                 [--repeats R] [--config fast|unbatched] [--concurrency C]
+//                 [--repeats R] [--warmup W] [--config fast|unbatched]
+//                 [--concurrency C]
 //
 // Configurations:
 //   fast       the configuration graphile-worker's performance page reports
@@ -15,21 +16,23 @@
 // Each repeat empties the job table, adds N jobs for the no-op task in one
 // statement (graphile_worker.add_jobs; not timed), vacuums, starts one worker
 // pool in this process and times from the first handler call to the moment
-// the job table is empty again (every completion committed).  Prints one
-// JSON line in bench/run's format: the median of the repeats.
+// the job table is empty again (every completion committed).  --warmup W runs
+// W untimed repeats first, in the same process.  Prints one JSON line in
+// bench/run's format: the median of the repeats.
 "use strict";
 
 const { Logger, run, runMigrations } = require("graphile-worker");
 const { Pool } = require("pg");
 
 function parseArgs(argv) {
-  const o = { url: null, jobs: 20000, repeats: 3, config: "fast", concurrency: 24 };
+  const o = { url: null, jobs: 20000, repeats: 3, warmup: 0, config: "fast", concurrency: 24 };
   for (let i = 2; i < argv.length; i++) {
     const a = argv[i];
     const v = argv[i + 1];
     if (a === "--database-url") o.url = v;
     else if (a === "--jobs") o.jobs = parseInt(v, 10);
     else if (a === "--repeats") o.repeats = parseInt(v, 10);
+    else if (a === "--warmup") o.warmup = parseInt(v, 10);
     else if (a === "--config") o.config = v;
     else if (a === "--concurrency") o.concurrency = parseInt(v, 10);
     else throw new Error(`unknown argument ${a}`);
@@ -129,6 +132,12 @@ async function main() {
   const spans = [];
   const walBytes = [];
   const walRecords = [];
+  // Untimed runs first: the first run in a process is slower (the JIT
+  // compiles as it goes), and a warm process is graphile-worker at its best.
+  for (let i = 0; i < o.warmup; i++) {
+    const r = await once(o, pool);
+    process.stderr.write(`graphile-worker ${o.config} warm-up ${i + 1}: ${r.rate.toFixed(0)} jobs/s\n`);
+  }
   for (let i = 0; i < o.repeats; i++) {
     const r = await once(o, pool);
     if (r.calls !== o.jobs) throw new Error(`handler ran ${r.calls} times for ${o.jobs} jobs`);
@@ -162,6 +171,7 @@ async function main() {
       handler: "async no-op",
       stat: "median",
       repeats: o.repeats,
+      warmup_runs: o.warmup,
       best: Math.round(Math.max(...rates)),
       worst: Math.round(Math.min(...rates)),
       all: rates.map((r) => Math.round(r)),
