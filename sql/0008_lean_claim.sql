@@ -73,6 +73,14 @@ CREATE OR REPLACE VIEW tasker.steps_current AS
          LEFT JOIN tasker.queue q ON s.state = 1 AND q.task_id = s.task_id
                                  AND q.step_idx = s.idx AND q.leased_by IS NOT NULL;
 
+-- The earliest claim of a task that only its queue rows record (NULL: none
+-- leased).  A pending task with one is running since then.
+CREATE OR REPLACE FUNCTION tasker._claimed_at(p_task_id bigint) RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT min(q.leased_at) FROM tasker.queue q
+    WHERE q.task_id = p_task_id AND q.leased_by IS NOT NULL
+$$;
+
 -- Tasks as they are: one pending with a leased queue row is running.
 CREATE OR REPLACE VIEW tasker.tasks_current AS
     SELECT t.id, t.uuid, t.template_id, t.namespace_id,
@@ -80,9 +88,8 @@ CREATE OR REPLACE VIEW tasker.tasks_current AS
            t.priority, t.idempotency_key, t.context, t.n_steps, t.n_done, t.n_active, t.n_error,
            t.created_at, coalesce(t.started_at, c.at) AS started_at, t.finished_at, t.hist
     FROM tasker.tasks t
-         LEFT JOIN LATERAL (SELECT min(q.leased_at) AS at FROM tasker.queue q
-                            WHERE t.state = 0 AND q.task_id = t.id
-                              AND q.leased_by IS NOT NULL) c ON true;
+         CROSS JOIN LATERAL (SELECT CASE WHEN t.state = 0 THEN tasker._claimed_at(t.id) END
+                             AS at) c;
 
 -- Writes claims held by queue rows alone into their step and task rows:
 -- the steps given by (p_task_ids[k], p_idxs[k]), or every step of the
@@ -147,8 +154,7 @@ CREATE OR REPLACE VIEW tasker.history AS
     SELECT NULL::bigint, t.id, NULL::int, c.at, 0::smallint, 1::smallint, 0, 1::smallint,
            NULL::int, 1
     FROM tasker.tasks t
-         CROSS JOIN LATERAL (SELECT min(q.leased_at) AS at FROM tasker.queue q
-                             WHERE q.task_id = t.id AND q.leased_by IS NOT NULL) c
+         CROSS JOIN LATERAL (SELECT tasker._claimed_at(t.id) AS at) c
     WHERE NOT t.hist AND t.state = 0 AND c.at IS NOT NULL;
 
 -- An enqueued step completing is usual too: its claim was on the queue row.
@@ -691,8 +697,7 @@ BEGIN
                 ELSE least(d.started,
                            (SELECT min(st.started_at) FROM tasker.steps st
                             WHERE st.task_id = t.id),
-                           (SELECT min(q.leased_at) FROM tasker.queue q
-                            WHERE q.task_id = t.id AND q.leased_by IS NOT NULL)) END
+                           tasker._claimed_at(t.id)) END
         FROM d WHERE t.id = d.id
         RETURNING t.id, t.uuid, t.state, t.finished_at, t.created_at, t.hist),
     fin AS (
