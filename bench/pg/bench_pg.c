@@ -1260,25 +1260,23 @@ static void jobs_ratio(double tasker, double other, const char *config, long job
          tasker / other, "ratio", &p);
 }
 
-/* mode_throughput at 1, 2 and 4 worker processes; the best median (and,
- * if asked, its worker count). */
-static double throughput_by_workers_at(int *best_workers)
+/* The worker process counts the suite and the jobs line try. */
+static const int worker_counts[] = {1, 2, 4};
+#define N_WORKER_COUNTS (sizeof worker_counts / sizeof worker_counts[0])
+
+/* mode_throughput at each worker count; the best median (and, if asked,
+ * its worker count). */
+static double throughput_by_workers(int *best_workers)
 {
-    static const int ws[] = {1, 2, 4};
     double best = 0;
-    for (int i = 0; i < 3; i++) {
-        opt.workers = ws[i];
+    for (size_t i = 0; i < N_WORKER_COUNTS; i++) {
+        opt.workers = worker_counts[i];
         double v = mode_throughput();
         if (v > best && best_workers)
-            *best_workers = ws[i];
+            *best_workers = worker_counts[i];
         best = v > best ? v : best;
     }
     return best;
-}
-
-static double throughput_by_workers(void)
-{
-    return throughput_by_workers_at(NULL);
 }
 
 /* tasker and graphile-worker fastest back to back, opt.repeats rounds,
@@ -1331,7 +1329,7 @@ static void mode_jobs(void)
     opt.tasks = (int)jobs;
     opt.concurrent = 0;
     int workers = 1;
-    double best = throughput_by_workers_at(&workers);
+    double best = throughput_by_workers(&workers);
     double fast = graphile("fast", jobs, opt.repeats);
     double plain = graphile("unbatched", jobs, opt.repeats);
     if (fast > 0)
@@ -1354,20 +1352,20 @@ static void mode_suite(void)
     opt.threads = 16;
     opt.async = 1;
     opt.concurrent = 0;
-    throughput_by_workers();
+    throughput_by_workers(NULL);
     /* 2. The same with the default (waiting) completions, 128 threads each
      *    (a flush holds as many completions as threads wait). */
     opt.async = 0;
     opt.threads = 128;
     opt.repeats = R3;
-    throughput_by_workers();
+    throughput_by_workers(NULL);
     /* 3. Sustained peak: tasks created while the workers run, at 1, 2 and
      *    4 worker processes (on a small machine the producers, the workers
      *    and the server share the CPUs, so the best count can differ). */
     opt.async = 1;
     opt.threads = 16;
     opt.concurrent = 1;
-    double sustained = throughput_by_workers();
+    double sustained = throughput_by_workers(NULL);
     opt.concurrent = 0;
     /* 4. Ready -> start latency at half of the sustained peak (the highest
      *    rate the system keeps up with while it also creates the tasks), at
@@ -1380,9 +1378,8 @@ static void mode_suite(void)
     opt.rate = sustained / 2;
     opt.basis = "postgres.diamond10.concurrent_create (tasks created while running, best "
                 "worker count)";
-    static const int lw[] = {1, 2, 4};
-    for (int i = 0; i < 3; i++) {
-        opt.workers = lw[i];
+    for (size_t i = 0; i < N_WORKER_COUNTS; i++) {
+        opt.workers = worker_counts[i];
         mode_latency();
     }
     /* 5. Readiness: C counters vs the SQL function. */
